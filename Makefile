@@ -1,0 +1,59 @@
+# Every target creates or refreshes .venv on first use, so each is one command on a fresh machine.
+STACK ?= dev
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: plan serve simulator test test-infra test-app test-charts bench lint format image helm clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+plan: $(STAMP)  ## offline plan of a stack under Pulumi's mock runtime: make plan STACK=prod
+	$(PY) -m infra.plan --stack $(STACK) $(ARGS)
+
+serve: $(STAMP)  ## the gateway on 127.0.0.1:8080 with embedded defaults
+	$(PY) -m app
+
+simulator: $(STAMP)  ## the OpenAI-compatible provider simulator on its own
+	$(PY) -m app.simulator
+
+helm:
+	@scripts/ensure-helm >/dev/null
+
+test: $(STAMP) helm  ## the whole suite
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest $(ARGS)
+
+test-infra: $(STAMP)
+	$(PY) -m pytest tests/infra $(ARGS)
+
+test-app: $(STAMP)
+	$(PY) -m pytest tests/app $(ARGS)
+
+test-charts: $(STAMP) helm
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest tests/charts $(ARGS)
+
+bench: $(STAMP)  ## load benchmark of the gateway; writes bench/results.json
+	$(PY) -m bench $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+image:  ## build the gateway image where a container engine runs
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+		docker build -t liftoff-gateway:dev app; \
+	else \
+		echo "make image: no running container engine (docker info failed); build on a machine with Docker or let 'pulumi up' build it via docker-build." >&2; exit 1; \
+	fi
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache
