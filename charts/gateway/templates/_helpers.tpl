@@ -1,0 +1,113 @@
+{{/* Names and labels, as `helm create` makes them. */}}
+{{- define "gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "gateway.labels" -}}
+helm.sh/chart: {{ include "gateway.chart" . }}
+{{ include "gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/part-of: liftoff
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository[:tag][@digest]; the tag defaults to the chart's appVersion. */}}
+{{- define "gateway.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* Smallest number of replicas the Deployment can run with. */}}
+{{- define "gateway.minReplicas" -}}
+{{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas | int }}{{ else }}{{ .Values.replicaCount | int }}{{ end }}
+{{- end }}
+
+{{/* Largest number of replicas the Deployment can run with. */}}
+{{- define "gateway.maxReplicas" -}}
+{{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.maxReplicas | int }}{{ else }}{{ .Values.replicaCount | int }}{{ end }}
+{{- end }}
+
+{{/* Resources the HPA scales on ("cpu", "memory"). */}}
+{{- define "gateway.hpaResources" -}}
+{{- $out := list }}
+{{- if .Values.autoscaling.enabled }}
+{{- if not (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) }}{{ $out = append $out "cpu" }}{{ end }}
+{{- if not (kindIs "invalid" .Values.autoscaling.targetMemoryUtilizationPercentage) }}{{ $out = append $out "memory" }}{{ end }}
+{{- end }}
+{{- join "," $out }}
+{{- end }}
+
+{{/*
+Cross-field rules JSON Schema cannot express. Each failure names the values involved and what
+is allowed. Included by the Deployment so every render runs them.
+*/}}
+{{- define "gateway.validate" -}}
+{{- $a := .Values.autoscaling }}
+{{- if and $a.enabled (gt ($a.minReplicas | int) ($a.maxReplicas | int)) }}
+{{- fail (printf "autoscaling.minReplicas (%d) must be <= autoscaling.maxReplicas (%d)" ($a.minReplicas | int) ($a.maxReplicas | int)) }}
+{{- end }}
+{{- if and $a.enabled (kindIs "invalid" $a.targetCPUUtilizationPercentage) (kindIs "invalid" $a.targetMemoryUtilizationPercentage) }}
+{{- fail "autoscaling.enabled is true but neither autoscaling.targetCPUUtilizationPercentage nor autoscaling.targetMemoryUtilizationPercentage is set: the HPA needs at least one metric" }}
+{{- end }}
+{{- $s := .Values.server }}
+{{- $preStop := .Values.lifecycle.preStopSleepSeconds | int }}
+{{- $grace := .Values.terminationGracePeriodSeconds | int }}
+{{- if le $grace (add $preStop ($s.gracefulShutdownSeconds | int)) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than lifecycle.preStopSleepSeconds (%d) + server.gracefulShutdownSeconds (%d) = %d, or the kubelet kills in-flight streams" $grace $preStop ($s.gracefulShutdownSeconds | int) (add $preStop ($s.gracefulShutdownSeconds | int))) }}
+{{- end }}
+{{- if le ($s.keepAliveTimeoutSeconds | int) (.Values.loadBalancer.idleTimeoutSeconds | int) }}
+{{- fail (printf "server.keepAliveTimeoutSeconds (%d) must be greater than loadBalancer.idleTimeoutSeconds (%d): the ALB must close idle connections first, or it gets a 502 from a connection the server closed" ($s.keepAliveTimeoutSeconds | int) (.Values.loadBalancer.idleTimeoutSeconds | int)) }}
+{{- end }}
+{{- if .Values.vpa.enabled }}
+{{- range $r := splitList "," (include "gateway.hpaResources" .) }}
+{{- if and $r (has $r $.Values.vpa.controlledResources) }}
+{{- fail (printf "vpa.controlledResources includes %q but the HPA scales on %s (autoscaling.target%sUtilizationPercentage): the VPA may only control resources the HPA does not scale on (e.g. vpa.controlledResources=[memory] with a CPU-based HPA)" $r $r (ternary "CPU" "Memory" (eq $r "cpu"))) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- $min := include "gateway.minReplicas" . | int }}
+{{- if and $pdb.enabled (gt (include "gateway.maxReplicas" . | int) 1) (ge ($pdb.minAvailable | int) $min) }}
+{{- fail (printf "podDisruptionBudget.minAvailable (%d) must be below the smallest replica count (%d, %s), or no pod can ever be evicted and node drains block; lower it or set podDisruptionBudget.enabled=false" ($pdb.minAvailable | int) $min (ternary "autoscaling.minReplicas" "replicaCount" .Values.autoscaling.enabled)) }}
+{{- end }}
+{{- $configYaml := toYaml .Values.config }}
+{{- $secretKey := regexFind "(?im)^\\s*[\"']?[a-z0-9_-]*(api_?key|auth_?token|password|passwd|secret|client_?keys|credentials?)[\"']?\\s*:" $configYaml }}
+{{- if $secretKey }}
+{{- fail (printf "config must not hold secrets (found key %q): pass credentials as Secrets Manager ARNs under secrets.*" (trim (trimSuffix ":" (trim $secretKey)))) }}
+{{- end }}
+{{- end }}
