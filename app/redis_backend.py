@@ -1,0 +1,177 @@
+"""The Redis connection shared by the cache and the limiter, and how its failures are contained.
+
+Redis is on every request's path, so a slow or absent Redis must cost little: short socket
+timeouts, one immediate reconnect (a pooled connection goes stale after a restart or failover) and
+no backed-off retries inside redis-py. Failures surface as `BackendUnavailable`; `BackendHealth`
+decides when callers stop trying Redis and when they probe it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Literal, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ReadOnlyError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+T = TypeVar("T")
+
+# Errors that mean "Redis cannot answer now" (down, unreachable, slow, loading, failing over); any
+# other RedisError (a script bug, WRONGTYPE) is a programming error and propagates unchanged.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+class BackendUnavailable(Exception):
+    """Redis could not be reached or did not answer in time."""
+
+
+@contextlib.contextmanager
+def unavailable_on_error(operation: str) -> Iterator[None]:
+    """Re-raise connection-level Redis failures of `operation` as `BackendUnavailable`."""
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as error:
+        # The message names the operation and error class only: redis-py messages can carry
+        # the host name, which must not reach clients.
+        raise BackendUnavailable(f"redis {operation} failed: {type(error).__name__}") from error
+
+
+def create_redis(
+    url: str,
+    auth_token: str | None = None,
+    *,
+    username: str | None = None,
+    socket_timeout_s: float = 0.5,
+    connect_timeout_s: float = 0.5,
+    max_connections: int = 256,
+    health_check_interval_s: int = 30,
+) -> aioredis.Redis:
+    """A redis.asyncio client for `url` (redis://, or rediss:// for TLS) using the AUTH token.
+
+    The AUTH token is passed separately so that it never has to be written into a URL (URLs end up
+    in config files and logs).
+    """
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"redis url must start with redis://, rediss:// or unix://, got {url!r}")
+    if socket_timeout_s <= 0 or connect_timeout_s <= 0:
+        raise ValueError("socket_timeout_s and connect_timeout_s must be > 0")
+    options: dict[str, object] = {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": connect_timeout_s,
+        "health_check_interval": health_check_interval_s,
+        "max_connections": max_connections,
+        "retry": Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+        "client_name": "liftoff-gateway",
+    }
+    if auth_token is not None:
+        options["password"] = auth_token
+        if username is not None:
+            options["username"] = username
+    return aioredis.Redis.from_url(url, **options)
+
+
+def register_script(client: aioredis.Redis, source: str) -> AsyncScript:
+    """A Lua script run by EVALSHA, loaded again by itself after NOSCRIPT (restart, flush)."""
+    return client.register_script(source)
+
+
+async def ping(client: aioredis.Redis) -> None:
+    with unavailable_on_error("PING"):
+        await client.ping()
+
+
+HealthState = Literal["healthy", "degraded"]
+
+
+class BackendHealth:
+    """Tracks whether Redis is usable and when to probe it again after failures.
+
+    After a failure callers skip Redis for a back-off period (doubling per consecutive failure up to
+    `backoff_cap_s`); once it has passed, one caller at a time is let through as the probe, and its
+    success restores normal operation.
+    """
+
+    def __init__(
+        self,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base = backoff_base_s
+        self._cap = backoff_cap_s
+        self._clock = clock
+        self._consecutive_failures = 0
+        self._retry_at = 0.0
+        self._probing = False
+        self.failures_total = 0
+        self.recoveries_total = 0
+
+    @property
+    def state(self) -> HealthState:
+        return "healthy" if self._consecutive_failures == 0 else "degraded"
+
+    def try_acquire(self) -> bool:
+        """Whether this call may use Redis now (always when healthy; one probe at a time after)."""
+        if self._consecutive_failures == 0:
+            return True
+        if self._probing or self._clock() < self._retry_at:
+            return False
+        self._probing = True
+        return True
+
+    def record_success(self) -> None:
+        if self._consecutive_failures:
+            self.recoveries_total += 1
+        self._consecutive_failures = 0
+        self._probing = False
+
+    def record_failure(self) -> None:
+        self.failures_total += 1
+        self._consecutive_failures += 1
+        self._probing = False
+        delay = min(self._cap, self._base * 2 ** (self._consecutive_failures - 1))
+        self._retry_at = self._clock() + delay
+
+    def release(self) -> None:
+        """Give up a probe slot without a verdict (the call was cancelled)."""
+        self._probing = False
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation` (which raises BackendUnavailable on failure), recording the outcome.
+
+        Raises BackendUnavailable at once, without calling, while Redis is being skipped.
+        """
+        if not self.try_acquire():
+            raise BackendUnavailable("redis skipped during back-off after recent failures")
+        try:
+            result = await operation()
+        except BackendUnavailable:
+            self.record_failure()
+            raise
+        except BaseException:
+            self.release()
+            raise
+        self.record_success()
+        return result
