@@ -1,0 +1,912 @@
+"""Liftoff's one policy rule set, over resource records as Pulumi's engine sees them.
+
+Each rule is a small function over a resource's type, name and camelCase inputs (`encryptionConfig`,
+`metadataOptions.httpTokens`, ...), or over the whole resource list where a rule needs to relate
+resources (a node group and its subnets, a security group and the load balancer using it).
+Rule ids follow checkov's where one exists, so users of that scanner recognise them.
+
+The same `RULES` are used by the offline plan (`infra.plan`) and, adapted without a second copy of
+their logic, by the CrossGuard policy pack in `infra/policy/` for `pulumi preview --policy-pack`.
+
+Inputs are read only through `Mapping`/`Sequence` methods (`.get`, iteration) so that CrossGuard's
+unknown-checking proxies can stand in for plain dicts: a value unknown during preview raises where
+it is read and the pack reports that rule as not yet checkable instead of guessing.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import ipaddress
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["error", "warning"]
+
+US_REGIONS = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
+REQUIRED_TAGS = ("project", "environment")
+PRODUCTION_ENVIRONMENTS = ("prod", "production")
+EKS_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+# ELB security policies that allow TLS 1.0/1.1 (everything else AWS offers is TLS 1.2+).
+LEGACY_TLS_POLICIES = (
+    "ELBSecurityPolicy-2016-08",
+    "ELBSecurityPolicy-2015-05",
+    "ELBSecurityPolicy-TLS-1-0-2015-04",
+    "ELBSecurityPolicy-TLS-1-1-2017-01",
+    "ELBSecurityPolicy-FS-2018-06",
+    "ELBSecurityPolicy-FS-1-1-2019-08",
+    "ELBSecurityPolicy-TLS13-1-0-2021-06",
+    "ELBSecurityPolicy-TLS13-1-1-2021-06",
+)
+PUBLIC_HTTP_PORTS = frozenset({80, 443})
+
+EKS_CLUSTER = "aws:eks/cluster:Cluster"
+EKS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+EC2_INSTANCE = "aws:ec2/instance:Instance"
+EBS_VOLUME = "aws:ebs/volume:Volume"
+SUBNET = "aws:ec2/subnet:Subnet"
+ROUTE = "aws:ec2/route:Route"
+ROUTE_TABLE = "aws:ec2/routeTable:RouteTable"
+ROUTE_TABLE_ASSOCIATION = "aws:ec2/routeTableAssociation:RouteTableAssociation"
+VPC = "aws:ec2/vpc:Vpc"
+FLOW_LOG = "aws:ec2/flowLog:FlowLog"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
+INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
+SECRET = "aws:secretsmanager/secret:Secret"
+KMS_KEY = "aws:kms/key:Key"
+LOAD_BALANCERS = ("aws:lb/loadBalancer:LoadBalancer", "aws:alb/loadBalancer:LoadBalancer")
+LISTENERS = ("aws:lb/listener:Listener", "aws:alb/listener:Listener")
+BUDGET = "aws:budgets/budget:Budget"
+AWS_PROVIDER = "pulumi:providers:aws"
+
+
+@dataclass(frozen=True)
+class ResourceRecord:
+    """One resource as declared: `inputs` are camelCase, as the engine sends them.
+
+    `property_dependencies` maps an input name to the URNs of the resources it was computed from
+    (how a node group's `subnetIds` are traced back to subnets); `id` is known only for resources
+    that exist (CrossGuard stack validation after an update, mocks).
+    """
+
+    type: str
+    name: str
+    inputs: Mapping[str, Any]
+    urn: str = ""
+    parent: str | None = None
+    id: str | None = None
+    property_dependencies: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What environment-aware rules need to know about the stack being checked."""
+
+    stack: str
+    region: str | None
+    environment: str
+    default_tags: Mapping[str, str] = field(default_factory=dict)
+    required_tags: tuple[str, ...] = REQUIRED_TAGS
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment in PRODUCTION_ENVIRONMENTS
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One failed check: `resource` is the resource's name, or "stack" for stack-wide findings."""
+
+    rule: str
+    severity: Severity
+    resource: str
+    message: str
+    resource_type: str = ""
+    urn: str = ""
+
+
+class StackView:
+    """The whole resource list, with lookups used by rules that relate resources."""
+
+    def __init__(self, resources: Sequence[ResourceRecord]) -> None:
+        self.resources = list(resources)
+        self._by_urn = {r.urn: r for r in self.resources if r.urn}
+        self._by_id = {r.id: r for r in self.resources if r.id}
+
+    def of_type(self, *types: str) -> list[ResourceRecord]:
+        return [r for r in self.resources if r.type in types]
+
+    def referenced(self, resource: ResourceRecord, prop: str) -> list[ResourceRecord] | None:
+        """Resources that input `prop` refers to, or None when that cannot be traced."""
+        urns = resource.property_dependencies.get(prop)
+        if urns:
+            found = [self._by_urn[u] for u in urns if u in self._by_urn]
+            if found:
+                return found
+        values = _as_list(resource.inputs.get(prop))
+        found = [self._by_id[v] for v in values if isinstance(v, str) and v in self._by_id]
+        return found or None
+
+
+ResourceCheck = Callable[[ResourceRecord, RuleContext], Iterable[str]]
+StackCheck = Callable[[StackView, RuleContext], Iterable[tuple[ResourceRecord | None, str]]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Checks each resource of `types` (`check_resource`) or the whole stack (`check_stack`)."""
+
+    id: str
+    title: str
+    severity: Severity
+    fix: str
+    types: tuple[str, ...] = ()
+    check_resource: ResourceCheck | None = None
+    check_stack: StackCheck | None = None
+    production_only: bool = False
+    also: tuple[str, ...] = ()  # other scanners' ids covering the same control
+
+    def applies(self, context: RuleContext) -> bool:
+        return context.is_production or not self.production_only
+
+    def applies_to(self, resource_type: str) -> bool:
+        return self.check_resource is not None and (not self.types or resource_type in self.types)
+
+    def resource_findings(self, resource: ResourceRecord, context: RuleContext) -> list[Finding]:
+        assert self.check_resource is not None
+        return [
+            self._finding(resource, message) for message in self.check_resource(resource, context)
+        ]
+
+    def stack_findings(self, view: StackView, context: RuleContext) -> list[Finding]:
+        assert self.check_stack is not None
+        return [
+            self._finding(resource, message)
+            for resource, message in self.check_stack(view, context)
+        ]
+
+    def _finding(self, resource: ResourceRecord | None, message: str) -> Finding:
+        return Finding(
+            rule=self.id,
+            severity=self.severity,
+            resource=resource.name if resource else "stack",
+            message=f"{message} Fix: {self.fix}",
+            resource_type=resource.type if resource else "",
+            urn=resource.urn if resource else "",
+        )
+
+
+RULES: list[Rule] = []
+
+
+def resource_rule(
+    rule_id: str,
+    title: str,
+    severity: Severity,
+    types: Sequence[str],
+    fix: str,
+    *,
+    production_only: bool = False,
+    also: Sequence[str] = (),
+) -> Callable[[ResourceCheck], ResourceCheck]:
+    def register(check: ResourceCheck) -> ResourceCheck:
+        RULES.append(
+            Rule(
+                rule_id,
+                title,
+                severity,
+                fix,
+                tuple(types),
+                check_resource=check,
+                production_only=production_only,
+                also=tuple(also),
+            )
+        )
+        return check
+
+    return register
+
+
+def stack_rule(
+    rule_id: str,
+    title: str,
+    severity: Severity,
+    fix: str,
+    *,
+    production_only: bool = False,
+    also: Sequence[str] = (),
+) -> Callable[[StackCheck], StackCheck]:
+    def register(check: StackCheck) -> StackCheck:
+        RULES.append(
+            Rule(
+                rule_id,
+                title,
+                severity,
+                fix,
+                check_stack=check,
+                production_only=production_only,
+                also=tuple(also),
+            )
+        )
+        return check
+
+    return register
+
+
+# --- value helpers -----------------------------------------------------------------------
+
+
+def _true(value: Any) -> bool:
+    """Pulumi sends some booleans as strings (launch template `ebs.encrypted`)."""
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or isinstance(value, str | bytes | Mapping):
+        return [] if value is None else [value]
+    if isinstance(value, Sequence):
+        return list(value)
+    return [value]
+
+
+def _as_map(value: Any) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    if isinstance(value, str) and value.startswith("{"):
+        # Provider config objects (defaultTags) arrive JSON-encoded.
+        decoded = json.loads(value)
+        return decoded if isinstance(decoded, Mapping) else {}
+    return {}
+
+
+def _label(resource: ResourceRecord) -> str:
+    short = resource.type.rsplit(":", 1)[-1]
+    return f"{short} '{resource.name}'"
+
+
+def _is_world(cidr: Any) -> bool:
+    if not isinstance(cidr, str):
+        return False
+    try:
+        return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
+    except ValueError:
+        return False
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+# --- EKS ---------------------------------------------------------------------------------
+
+
+@resource_rule(
+    "CKV_AWS_58",
+    "EKS encrypts Kubernetes secrets with a KMS key (envelope encryption)",
+    "error",
+    [EKS_CLUSTER],
+    "set encryptionConfig {resources: [secrets], provider: {keyArn: <customer-managed key>}}.",
+)
+def eks_secrets_encrypted(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    config = _as_map(resource.inputs.get("encryptionConfig"))
+    resources = [str(r) for r in _as_list(config.get("resources"))]
+    key_arn = _as_map(config.get("provider")).get("keyArn")
+    if "secrets" not in resources or not key_arn:
+        yield f"{_label(resource)} does not encrypt Kubernetes secrets with a KMS key."
+
+
+@resource_rule(
+    "CKV_AWS_37",
+    "EKS control-plane logging is on for every log type",
+    "error",
+    [EKS_CLUSTER],
+    "set enabledClusterLogTypes to " + ", ".join(EKS_LOG_TYPES) + " (liftoff:clusterLogTypes).",
+)
+def eks_control_plane_logging(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    enabled = {str(t) for t in _as_list(resource.inputs.get("enabledClusterLogTypes"))}
+    missing = [t for t in EKS_LOG_TYPES if t not in enabled]
+    if missing:
+        yield f"{_label(resource)} does not log control-plane types: {', '.join(missing)}."
+
+
+@resource_rule(
+    "CKV_AWS_38",
+    "In prod the EKS public API endpoint is off or limited to an allowlist",
+    "error",
+    [EKS_CLUSTER],
+    "set liftoff:clusterEndpointPublicCidrs to your office/VPN CIDRs "
+    "(vpcConfig.publicAccessCidrs), or liftoff:clusterEndpointPublic=false.",
+    production_only=True,
+    also=["CKV_AWS_39"],
+)
+def eks_public_endpoint_restricted(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    vpc = _as_map(resource.inputs.get("vpcConfig"))
+    public = vpc.get("endpointPublicAccess")
+    if public is not None and not _true(public):
+        return
+    cidrs = _as_list(vpc.get("publicAccessCidrs"))
+    if not cidrs or any(_is_world(c) for c in cidrs):
+        yield f"{_label(resource)} exposes its public API endpoint to the whole internet."
+
+
+# --- EC2 instances and volumes -----------------------------------------------------------
+
+
+@resource_rule(
+    "CKV_AWS_79",
+    "Instance metadata requires IMDSv2 tokens with a hop limit of 1 or 2",
+    "error",
+    [LAUNCH_TEMPLATE, EC2_INSTANCE],
+    "set metadataOptions {httpTokens: required, httpPutResponseHopLimit: 1 (2 if pods need IMDS)}.",
+)
+def imdsv2_required(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    options = _as_map(resource.inputs.get("metadataOptions"))
+    if options.get("httpEndpoint") == "disabled":
+        return
+    if options.get("httpTokens") != "required":
+        yield f"{_label(resource)} allows IMDSv1 (metadataOptions.httpTokens is not 'required')."
+    hop_limit = _int(options.get("httpPutResponseHopLimit"), 1)
+    if hop_limit > 2:
+        yield (
+            f"{_label(resource)} has metadata hop limit {hop_limit}: containers several hops away "
+            "can steal the node role."
+        )
+
+
+def _ebs_encrypted_problems(resource: ResourceRecord) -> Iterator[str]:
+    inputs = resource.inputs
+    if resource.type == EBS_VOLUME:
+        if not _true(inputs.get("encrypted")):
+            yield f"{_label(resource)} is not encrypted."
+        return
+    if resource.type == EC2_INSTANCE:
+        root = _as_map(inputs.get("rootBlockDevice"))
+        if not _true(root.get("encrypted")):
+            yield f"{_label(resource)} has an unencrypted root volume."
+        devices = [_as_map(d) for d in _as_list(inputs.get("ebsBlockDevices"))]
+        for device in devices:
+            if not _true(device.get("encrypted")):
+                yield f"{_label(resource)} has unencrypted volume {device.get('deviceName')}."
+        return
+    mappings = [_as_map(m) for m in _as_list(inputs.get("blockDeviceMappings"))]
+    ebs_mappings = [m for m in mappings if m.get("ebs") is not None]
+    if not ebs_mappings:
+        yield (
+            f"{_label(resource)} declares no EBS block device mapping, so the AMI's "
+            "(unencrypted by default) root volume is used."
+        )
+    for mapping in ebs_mappings:
+        if not _true(_as_map(mapping.get("ebs")).get("encrypted")):
+            yield f"{_label(resource)} volume {mapping.get('deviceName')} is not encrypted."
+
+
+@resource_rule(
+    "CKV_AWS_8",
+    "EBS volumes of nodes and instances are encrypted",
+    "error",
+    [LAUNCH_TEMPLATE, EC2_INSTANCE, EBS_VOLUME],
+    "declare the root volume with ebs {encrypted: true, volumeType: gp3}.",
+    also=["CKV_AWS_3"],
+)
+def ebs_encrypted(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    yield from _ebs_encrypted_problems(resource)
+
+
+# --- ElastiCache -------------------------------------------------------------------------
+
+
+@resource_rule(
+    "CKV_AWS_29",
+    "ElastiCache encrypts data at rest",
+    "error",
+    [REPLICATION_GROUP],
+    "set atRestEncryptionEnabled: true (and kmsKeyId to the stack's key).",
+)
+def cache_at_rest(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    if not _true(resource.inputs.get("atRestEncryptionEnabled")):
+        yield f"{_label(resource)} does not encrypt data at rest."
+
+
+@resource_rule(
+    "CKV_AWS_191",
+    "ElastiCache at-rest encryption uses the customer-managed KMS key",
+    "warning",
+    [REPLICATION_GROUP],
+    "set kmsKeyId to the stack's customer-managed key.",
+)
+def cache_cmk(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    if _true(resource.inputs.get("atRestEncryptionEnabled")) and not resource.inputs.get(
+        "kmsKeyId"
+    ):
+        yield f"{_label(resource)} encrypts at rest with the AWS-owned key, not the stack's CMK."
+
+
+@resource_rule(
+    "CKV_AWS_30",
+    "ElastiCache encrypts data in transit (TLS)",
+    "error",
+    [REPLICATION_GROUP],
+    "set transitEncryptionEnabled: true (clients connect with rediss://).",
+)
+def cache_in_transit(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    if not _true(resource.inputs.get("transitEncryptionEnabled")):
+        yield f"{_label(resource)} does not use TLS in transit."
+    elif resource.inputs.get("transitEncryptionMode") == "preferred":
+        yield f"{_label(resource)} still accepts plaintext (transitEncryptionMode 'preferred')."
+
+
+@resource_rule(
+    "CKV_AWS_31",
+    "ElastiCache requires an AUTH token (or RBAC user group) over TLS",
+    "error",
+    [REPLICATION_GROUP],
+    "set authTokenWo (write-only, keeps it out of state) from a generated secret, with TLS on.",
+)
+def cache_auth(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    inputs = resource.inputs
+    has_auth = bool(
+        inputs.get("authTokenWo") or inputs.get("authToken") or _as_list(inputs.get("userGroupIds"))
+    )
+    if not has_auth:
+        yield f"{_label(resource)} accepts clients without an AUTH token."
+    elif not _true(inputs.get("transitEncryptionEnabled")):
+        yield f"{_label(resource)} sends its AUTH token without TLS."
+
+
+def _cache_node_count(inputs: Mapping[str, Any]) -> int:
+    if inputs.get("numCacheClusters") is not None:
+        return _int(inputs.get("numCacheClusters"), 1)
+    replicas = _int(inputs.get("replicasPerNodeGroup"), 0)
+    return replicas + 1
+
+
+@resource_rule(
+    "LIFTOFF_CACHE_FAILOVER",
+    "ElastiCache has a replica in another AZ with automatic failover (prod), and failover is on "
+    "whenever replicas exist",
+    "error",
+    [REPLICATION_GROUP],
+    "set liftoff:cacheReplicas >= 1 (turns on automaticFailoverEnabled and multiAzEnabled).",
+)
+def cache_failover(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    inputs = resource.inputs
+    nodes = _cache_node_count(inputs)
+    failover = _true(inputs.get("automaticFailoverEnabled")) and _true(inputs.get("multiAzEnabled"))
+    if context.is_production and nodes < 2:
+        yield f"{_label(resource)} has a single node: an AZ or node failure loses the cache."
+    elif nodes >= 2 and not failover:
+        yield f"{_label(resource)} has replicas but no multi-AZ automatic failover."
+
+
+# --- secrets and keys --------------------------------------------------------------------
+
+
+@resource_rule(
+    "CKV_AWS_149",
+    "Secrets Manager secrets are encrypted with the customer-managed KMS key",
+    "error",
+    [SECRET],
+    "set kmsKeyId to the stack's customer-managed key.",
+)
+def secret_on_cmk(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    if not resource.inputs.get("kmsKeyId"):
+        yield f"{_label(resource)} uses the default aws/secretsmanager key, not the stack's CMK."
+
+
+@resource_rule(
+    "CKV_AWS_7",
+    "Customer-managed KMS keys rotate automatically",
+    "error",
+    [KMS_KEY],
+    "set enableKeyRotation: true.",
+)
+def kms_rotation(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    spec = resource.inputs.get("customerMasterKeySpec") or "SYMMETRIC_DEFAULT"
+    if spec == "SYMMETRIC_DEFAULT" and not _true(resource.inputs.get("enableKeyRotation")):
+        yield f"{_label(resource)} does not rotate its key material."
+
+
+# --- load balancer -----------------------------------------------------------------------
+
+
+def _is_application_lb(resource: ResourceRecord) -> bool:
+    return (resource.inputs.get("loadBalancerType") or "application") == "application"
+
+
+@resource_rule(
+    "CKV_AWS_131",
+    "The ALB drops invalid HTTP header fields",
+    "error",
+    LOAD_BALANCERS,
+    "set dropInvalidHeaderFields: true.",
+)
+def alb_drops_invalid_headers(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    if _is_application_lb(resource) and not _true(resource.inputs.get("dropInvalidHeaderFields")):
+        yield f"{_label(resource)} forwards requests with invalid header fields."
+
+
+@resource_rule(
+    "CKV_AWS_150",
+    "In prod the load balancer has deletion protection",
+    "error",
+    LOAD_BALANCERS,
+    "set liftoff:albDeletionProtection=true (enableDeletionProtection).",
+    production_only=True,
+)
+def alb_deletion_protection(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    if not _true(resource.inputs.get("enableDeletionProtection")):
+        yield f"{_label(resource)} can be deleted by a mistaken `pulumi destroy` or console click."
+
+
+@resource_rule(
+    "CKV_AWS_91",
+    "In prod the load balancer writes access logs",
+    "error",
+    LOAD_BALANCERS,
+    "set liftoff:albAccessLogs=true (accessLogs {bucket, enabled: true}).",
+    production_only=True,
+)
+def alb_access_logs(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    logs = _as_map(resource.inputs.get("accessLogs"))
+    if not logs.get("bucket") or (
+        logs.get("enabled") is not None and not _true(logs.get("enabled"))
+    ):
+        yield f"{_label(resource)} keeps no access logs."
+
+
+def _redirects_to_https(listener: ResourceRecord) -> bool:
+    for action in _as_list(listener.inputs.get("defaultActions")):
+        action = _as_map(action)
+        redirect = _as_map(action.get("redirect"))
+        if action.get("type") == "redirect" and redirect.get("protocol") == "HTTPS":
+            return True
+    return False
+
+
+@resource_rule(
+    "CKV_AWS_103",
+    "HTTPS listeners have a certificate and a TLS 1.2+ security policy",
+    "error",
+    LISTENERS,
+    "set certificateArn and sslPolicy ELBSecurityPolicy-TLS13-1-2-2021-06.",
+)
+def https_listener_tls(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    if resource.inputs.get("protocol") != "HTTPS":
+        return
+    if not resource.inputs.get("certificateArn"):
+        yield f"{_label(resource)} is HTTPS without a certificate."
+    policy = resource.inputs.get("sslPolicy")
+    if not policy or policy in LEGACY_TLS_POLICIES:
+        yield f"{_label(resource)} allows TLS older than 1.2 (sslPolicy {policy or 'default'})."
+
+
+@stack_rule(
+    "CKV2_AWS_20",
+    "With a certificate, every HTTP listener redirects to HTTPS",
+    "error",
+    "make the HTTP listener's default action a redirect {protocol: HTTPS, port: 443, HTTP_301}.",
+    also=["CKV_AWS_2"],
+)
+def http_redirects_to_https(
+    view: StackView, context: RuleContext
+) -> Iterator[tuple[ResourceRecord | None, str]]:
+    listeners = view.of_type(*LISTENERS)
+    if not any(_is_https_with_certificate(lst) for lst in listeners):
+        return
+    for listener in listeners:
+        if listener.inputs.get("protocol") == "HTTP" and not _redirects_to_https(listener):
+            yield (
+                listener,
+                f"{_label(listener)} serves plain HTTP although an HTTPS listener exists.",
+            )
+
+
+def _is_https_with_certificate(listener: ResourceRecord) -> bool:
+    return listener.inputs.get("protocol") == "HTTPS" and bool(
+        listener.inputs.get("certificateArn")
+    )
+
+
+@stack_rule(
+    "LIFTOFF_PROD_HTTPS",
+    "In prod the load balancer serves HTTPS",
+    "warning",
+    "request an ACM certificate and set liftoff:certificateArn; HTTP then redirects to HTTPS.",
+    production_only=True,
+)
+def prod_serves_https(
+    view: StackView, context: RuleContext
+) -> Iterator[tuple[ResourceRecord | None, str]]:
+    listeners = view.of_type(*LISTENERS)
+    if listeners and not any(_is_https_with_certificate(lst) for lst in listeners):
+        for listener in listeners:
+            yield listener, f"{_label(listener)} serves prod traffic over plain HTTP only."
+
+
+# --- network -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ingress:
+    owner: ResourceRecord  # the security group or rule resource that declares it
+    group: ResourceRecord | None  # the security group it opens, when known
+    protocol: str
+    from_port: int
+    to_port: int
+    cidrs: tuple[str, ...]
+
+
+def _ports_of(protocol: Any, from_port: Any, to_port: Any) -> tuple[str, int, int]:
+    protocol = str(protocol if protocol is not None else "-1")
+    if protocol in ("-1", "all"):
+        return protocol, 0, 65535
+    return protocol, _int(from_port, 0), _int(to_port, 65535)
+
+
+def _ingresses(view: StackView) -> Iterator[_Ingress]:
+    for group in view.of_type(SECURITY_GROUP):
+        for rule in _as_list(group.inputs.get("ingress")):
+            rule = _as_map(rule)
+            protocol, low, high = _ports_of(
+                rule.get("protocol"), rule.get("fromPort"), rule.get("toPort")
+            )
+            cidrs = [*_as_list(rule.get("cidrBlocks")), *_as_list(rule.get("ipv6CidrBlocks"))]
+            yield _Ingress(group, group, protocol, low, high, tuple(cidrs))
+    for rule in view.of_type(SECURITY_GROUP_RULE):
+        if rule.inputs.get("type") != "ingress":
+            continue
+        protocol, low, high = _ports_of(
+            rule.inputs.get("protocol"), rule.inputs.get("fromPort"), rule.inputs.get("toPort")
+        )
+        cidrs = [
+            *_as_list(rule.inputs.get("cidrBlocks")),
+            *_as_list(rule.inputs.get("ipv6CidrBlocks")),
+        ]
+        groups = view.referenced(rule, "securityGroupId")
+        yield _Ingress(rule, groups[0] if groups else None, protocol, low, high, tuple(cidrs))
+    for rule in view.of_type(INGRESS_RULE):
+        protocol, low, high = _ports_of(
+            rule.inputs.get("ipProtocol"), rule.inputs.get("fromPort"), rule.inputs.get("toPort")
+        )
+        cidrs = [c for c in (rule.inputs.get("cidrIpv4"), rule.inputs.get("cidrIpv6")) if c]
+        groups = view.referenced(rule, "securityGroupId")
+        yield _Ingress(rule, groups[0] if groups else None, protocol, low, high, tuple(cidrs))
+
+
+def _load_balancer_groups(view: StackView) -> set[str] | None:
+    """URNs of security groups attached to a load balancer; None when that cannot be traced."""
+    urns: set[str] = set()
+    for lb in view.of_type(*LOAD_BALANCERS):
+        groups = view.referenced(lb, "securityGroups")
+        if groups is None and _as_list(lb.inputs.get("securityGroups")):
+            return None
+        urns.update(g.urn for g in groups or [])
+    return urns
+
+
+@stack_rule(
+    "CKV_AWS_260",
+    "No ingress from 0.0.0.0/0 or ::/0, except HTTP/HTTPS to the load balancer",
+    "error",
+    "open only 80/443 to the internet, on the load balancer's security group; reach nodes, cache "
+    "and admin ports through security-group references or the VPC.",
+    also=["CKV_AWS_24", "CKV_AWS_25", "CKV_AWS_277"],
+)
+def no_world_ingress(
+    view: StackView, context: RuleContext
+) -> Iterator[tuple[ResourceRecord | None, str]]:
+    lb_groups = _load_balancer_groups(view)
+    for ingress in _ingresses(view):
+        world = [c for c in ingress.cidrs if _is_world(c)]
+        if not world:
+            continue
+        ports = f"{ingress.protocol} {ingress.from_port}-{ingress.to_port}"
+        web_only = (
+            ingress.protocol in ("tcp", "6")
+            and ingress.from_port == ingress.to_port
+            and ingress.from_port in PUBLIC_HTTP_PORTS
+        )
+        if not web_only:
+            yield ingress.owner, f"{_label(ingress.owner)} opens {ports} to {', '.join(world)}."
+        elif (
+            lb_groups is not None
+            and ingress.group is not None
+            and ingress.group.urn not in lb_groups
+        ):
+            yield (
+                ingress.owner,
+                (
+                    f"{_label(ingress.owner)} opens {ports} to {', '.join(world)} on a security "
+                    "group that no load balancer uses."
+                ),
+            )
+
+
+def _internet_routed_subnets(view: StackView) -> set[str]:
+    """URNs of subnets whose route table has a route to an internet gateway."""
+    public_tables: set[str] = set()
+    for route in view.of_type(ROUTE):
+        if str(route.inputs.get("gatewayId") or "").startswith("igw-"):
+            public_tables.update(t.urn for t in view.referenced(route, "routeTableId") or [])
+    for table in view.of_type(ROUTE_TABLE):
+        for route in _as_list(table.inputs.get("routes")):
+            if str(_as_map(route).get("gatewayId") or "").startswith("igw-"):
+                public_tables.add(table.urn)
+    subnets: set[str] = set()
+    for association in view.of_type(ROUTE_TABLE_ASSOCIATION):
+        tables = view.referenced(association, "routeTableId") or []
+        if any(t.urn in public_tables for t in tables):
+            subnets.update(s.urn for s in view.referenced(association, "subnetId") or [])
+    return subnets
+
+
+def _is_public_subnet(subnet: ResourceRecord, internet_routed: set[str]) -> bool:
+    tags = _as_map(subnet.inputs.get("tags"))
+    return (
+        _true(subnet.inputs.get("mapPublicIpOnLaunch"))
+        or "kubernetes.io/role/elb" in tags
+        or subnet.urn in internet_routed
+    )
+
+
+@stack_rule(
+    "LIFTOFF_NODES_PRIVATE",
+    "Node groups run in private subnets only",
+    "error",
+    "pass the private subnet ids to the node group's subnetIds.",
+)
+def nodes_in_private_subnets(
+    view: StackView, context: RuleContext
+) -> Iterator[tuple[ResourceRecord | None, str]]:
+    internet_routed = _internet_routed_subnets(view)
+    for group in view.of_type(EKS_NODE_GROUP):
+        subnets = view.referenced(group, "subnetIds")
+        if not _as_list(group.inputs.get("subnetIds")):
+            yield group, f"{_label(group)} names no subnets."
+            continue
+        if subnets is None:
+            yield group, f"{_label(group)} uses subnets that are not declared in this stack."
+            continue
+        public = [s.name for s in subnets if _is_public_subnet(s, internet_routed)]
+        if public:
+            yield group, f"{_label(group)} places nodes in public subnets: {', '.join(public)}."
+
+
+@stack_rule(
+    "CKV2_AWS_11",
+    "Every VPC has flow logs",
+    "error",
+    "add an aws.ec2.FlowLog for the VPC (traffic type ALL).",
+)
+def vpc_flow_logs(
+    view: StackView, context: RuleContext
+) -> Iterator[tuple[ResourceRecord | None, str]]:
+    flow_logs = view.of_type(FLOW_LOG)
+    for vpc in view.of_type(VPC):
+        # A flow log whose VPC cannot be traced is given the benefit of the doubt.
+        logged = any(
+            (refs := view.referenced(log, "vpcId")) is None or any(r.urn == vpc.urn for r in refs)
+            for log in flow_logs
+        )
+        if not logged:
+            yield vpc, f"{_label(vpc)} has no flow log."
+
+
+# --- cost, tags, region ------------------------------------------------------------------
+
+
+@stack_rule(
+    "LIFTOFF_BUDGET",
+    "A monthly cost budget with notifications exists",
+    "error",
+    "keep the stack's aws.budgets.Budget (liftoff:monthlyBudgetUsd, liftoff:budgetThresholds).",
+)
+def budget_exists(
+    view: StackView, context: RuleContext
+) -> Iterator[tuple[ResourceRecord | None, str]]:
+    budgets = [b for b in view.of_type(BUDGET) if b.inputs.get("budgetType", "COST") == "COST"]
+    if not budgets:
+        yield None, "The stack declares no AWS Budgets cost budget."
+        return
+    for budget in budgets:
+        if not _as_list(budget.inputs.get("notifications")):
+            yield budget, f"{_label(budget)} sends no notifications."
+
+
+@functools.cache
+def supports_tags(resource_type: str) -> bool:
+    """Whether a pulumi-aws resource type takes a `tags` map (read from the SDK's signatures)."""
+    if not resource_type.startswith("aws:") or resource_type.count(":") != 2:
+        return False
+    _, module_path, class_name = resource_type.split(":")
+    module = module_path.split("/")[0]
+    try:
+        package = importlib.import_module(
+            "pulumi_aws" if module == "index" else f"pulumi_aws.{module}"
+        )
+    except ImportError:
+        return False
+    cls = getattr(package, class_name, None)
+    init = getattr(cls, "_internal_init", None)
+    if init is None:
+        return False
+    return "tags" in inspect.signature(init).parameters
+
+
+@resource_rule(
+    "LIFTOFF_TAGS",
+    "Every taggable AWS resource carries the required tags",
+    "error",
+    [],
+    "tag it with " + ", ".join(REQUIRED_TAGS) + " (the stack's provider default tags do this).",
+)
+def required_tags(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    if not supports_tags(resource.type):
+        return
+    tags = {**context.default_tags, **_as_map(resource.inputs.get("tags"))}
+    missing = [t for t in context.required_tags if not tags.get(t)]
+    if missing:
+        yield f"{_label(resource)} lacks tags: {', '.join(missing)}."
+
+
+@stack_rule(
+    "LIFTOFF_US_REGION",
+    "The stack deploys to a US region",
+    "error",
+    "set aws:region to one of " + ", ".join(US_REGIONS) + ".",
+)
+def us_region(view: StackView, context: RuleContext) -> Iterator[tuple[ResourceRecord | None, str]]:
+    if context.region not in US_REGIONS:
+        yield None, f"Stack region {context.region or '(unset)'} is not a US region."
+
+
+RULES_BY_ID: dict[str, Rule] = {rule.id: rule for rule in RULES}
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    """A rule's outcome on one stack: `checked` counts resources examined (stack rules: 1)."""
+
+    rule: Rule
+    applicable: bool
+    checked: int
+    findings: tuple[Finding, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+
+def evaluate(resources: Sequence[ResourceRecord], context: RuleContext) -> list[RuleVerdict]:
+    """Every rule over every resource it applies to, in rule order."""
+    view = StackView(resources)
+    verdicts: list[RuleVerdict] = []
+    for rule in RULES:
+        if not rule.applies(context):
+            verdicts.append(RuleVerdict(rule, False, 0, ()))
+            continue
+        if rule.check_stack is not None:
+            verdicts.append(RuleVerdict(rule, True, 1, tuple(rule.stack_findings(view, context))))
+            continue
+        targets = [r for r in resources if rule.applies_to(r.type)]
+        findings = [f for r in targets for f in rule.resource_findings(r, context)]
+        verdicts.append(RuleVerdict(rule, True, len(targets), tuple(findings)))
+    return verdicts
+
+
+def default_tags_of(provider_inputs: Mapping[str, Any]) -> dict[str, str]:
+    """`defaultTags.tags` of an aws provider's inputs (objects may arrive JSON-encoded)."""
+    tags = _as_map(_as_map(provider_inputs.get("defaultTags")).get("tags"))
+    return {str(k): str(v) for k, v in tags.items()}

@@ -1,0 +1,1 @@
+"""CrossGuard policy pack built from Liftoff's one rule set (`infra.policies.RULES`)."""
