@@ -1,0 +1,105 @@
+"""`python -m app`: the gateway under uvicorn (uvloop + httptools), configured from the environment.
+
+SIGTERM: readiness goes false at once (``/readyz`` answers 503), the server waits
+``server.shutdown_delay_s`` (so load balancers stop sending), then stops accepting connections and
+lets in-flight requests and streams finish within ``server.graceful_shutdown_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from types import FrameType
+
+import uvicorn
+
+from app.config import ConfigError, GatewayConfig, load_config
+from app.log import setup_logging
+from app.server import create_app
+
+
+def _banner(config: GatewayConfig, env: dict[str, str]) -> str:
+    lines = [f"Liftoff gateway on http://{config.server.host}:{config.server.port}"]
+    embedded = []
+    if config.uses_simulator:
+        embedded.append(
+            "upstream: built-in simulator "
+            "(set LIFTOFF_UPSTREAM_URL + LIFTOFF_UPSTREAM_API_KEY for a real provider)"
+        )
+    if not config.redis.url:
+        embedded.append(
+            "state: in-process cache and limiter "
+            "(set LIFTOFF_REDIS_URL to share them across replicas)"
+        )
+    if not (env.get("LIFTOFF_CLIENT_KEYS") or env.get("LIFTOFF_CLIENT_KEYS_SECRET_ARN")):
+        embedded.append("auth: development key only -> Authorization: Bearer liftoff-dev-key")
+    if embedded:
+        lines.append("Running on EMBEDDED DEFAULTS (fine for trying it out, not for production):")
+        lines += [f"  - {item}" for item in embedded]
+        lines.append(
+            f"Try: curl -s http://{config.server.host}:{config.server.port}/v1/chat/completions "
+            "-H 'authorization: Bearer liftoff-dev-key' -H 'content-type: application/json' "
+            '-d \'{"model":"fast","messages":[{"role":"user","content":"hi"}]}\''
+        )
+    return "\n".join(lines)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose first SIGTERM/SIGINT marks the gateway not ready before draining."""
+
+    def __init__(self, config: uvicorn.Config, gateway: object, delay_s: float) -> None:
+        super().__init__(config)
+        self._gateway = gateway
+        self._delay_s = delay_s
+        self._signalled = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._signalled or self._delay_s <= 0:
+            self._gateway.begin_drain()
+            super().handle_exit(sig, frame)
+            return
+        self._signalled = True
+        self._gateway.begin_drain()
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(loop.call_later, self._delay_s, super().handle_exit, sig, frame)
+
+
+def main() -> None:
+    setup_logging(os.environ.get("LIFTOFF_LOG_LEVEL", "INFO").upper())
+    env = dict(os.environ)
+    try:
+        config = load_config(env=env)
+        workers = int(env.get("LIFTOFF_WORKERS", "1"))
+        if workers < 1:
+            raise ConfigError(f"LIFTOFF_WORKERS = {workers}: must be an integer >= 1")
+    except ValueError as exc:
+        print(f"liftoff: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(_banner(config, env), file=sys.stderr, flush=True)
+    common = dict(
+        host=config.server.host,
+        port=config.server.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=int(config.server.keepalive_timeout_s),
+        timeout_graceful_shutdown=int(config.server.graceful_shutdown_s),
+        proxy_headers=True,
+        server_header=False,
+    )
+    if workers > 1:
+        # Each worker process runs its own gateway (own pools, own metrics registry).
+        uvicorn.run("app.server:create_app_from_env", factory=True, workers=workers, **common)
+        return
+    app = create_app(config, env)
+    server = DrainingServer(
+        uvicorn.Config(app, **common), app.state.gateway, config.server.shutdown_delay_s
+    )
+    server.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,718 @@
+"""The gateway's wiring and its request pipeline (routes live in ``app/server.py``).
+
+Per generation request, in order:
+  auth (hash lookup) -> body size/type -> JSON -> validation -> token count (off the loop when
+  large) -> max_tokens default/clamp/context check -> [limits+budget admit  ||  cache lookup]
+  (run concurrently: at most one Redis round trip each, in parallel) -> moderation (optional) ->
+  upstream (single flight for cacheable requests, batching for single-prompt completions) ->
+  response; settle, cache write, usage and metrics run after the response, off its path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from app import cache as cache_mod
+from app.accounting import ModelPrice, PriceTable, TokenCounter, month_key
+from app.auth import ClientKey, KeyRing, parse_client_keys
+from app.config import GatewayConfig
+from app.errors import (
+    ApiError,
+    ContentFlagged,
+    InvalidRequest,
+    NotReady,
+    PayloadTooLarge,
+    RateLimited,
+    StateUnavailable,
+    StreamInterrupted,
+    to_api_error,
+)
+from app.limits import KeyPolicy, MemoryLimitStore, RedisLimitStore, ResilientLimitStore
+from app.log import request_id as request_id_var
+from app.metrics import Metrics
+from app.redis_backend import BackendUnavailable, create_redis
+from app.schemas import (
+    ParsedRequest,
+    apply_token_limits,
+    check_envelope,
+    parse_json_object,
+    validate_chat,
+    validate_completions,
+)
+from app.secrets import CLIENT_KEYS, REDIS_AUTH_TOKEN, UPSTREAM_API_KEY, SecretStore
+from app.streaming import StreamRelay, error_event, replay
+from app.upstream import CallStats, UpstreamClient
+
+log = logging.getLogger("liftoff.gateway")
+access = logging.getLogger("liftoff.access")
+
+SIMULATOR_KEY = "sk-liftoff-simulator"  # what the gateway sends to its built-in simulator
+MAX_AFTER_TASKS = 10_000  # bound on background settle/cache/metric tasks
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(slots=True)
+class Ctx:
+    """One request's bookkeeping."""
+
+    route: str
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    model: str = "-"
+    key: str = "-"
+    cache: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    stats: CallStats = field(default_factory=CallStats)
+    waited_s: float = 0.0  # time spent waiting on other requests (single flight, batch window)
+    fixed_overhead_ms: float | None = None  # streams: measured when the headers went out
+
+    def overhead_ms(self, now: float | None = None) -> float:
+        if self.fixed_overhead_ms is not None:
+            return self.fixed_overhead_ms
+        now = time.perf_counter() if now is None else now
+        spent = now - self.started - self.stats.upstream_s - self.waited_s
+        return max(0.0, spent * 1000)
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(payload), status, headers, media_type="application/json")
+
+
+def _body_usage(body: dict[str, Any]) -> tuple[int, int]:
+    usage = body.get("usage") or {}
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.env = dict(os.environ if env is None else env)
+        self.metrics = Metrics()
+        self.secrets = SecretStore(self.env)
+        self.counter = TokenCounter()
+        self.prices = PriceTable(
+            {
+                name: ModelPrice(spec.input_usd_per_1m, spec.output_usd_per_1m)
+                for name, spec in config.models.catalog.items()
+            }
+        )
+        self.ready = False
+        self.draining = False
+        self.keys = KeyRing([])
+        self.policies: dict[str, KeyPolicy] = {}
+        self.upstream: UpstreamClient | None = None
+        self.redis: Any = None
+        self.cache: Any = None
+        self.single_flight = cache_mod.SingleFlight()
+        self.limits: Any = None
+        self.batcher: Any = None
+        self.simulator: Any = None
+        self._after: set[asyncio.Task[None]] = set()
+        self._forward = frozenset(config.upstream.forward_headers)
+        self._forward_prefix = "x-simulator-" if config.uses_simulator else None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self.secrets.resolve()
+        keys = parse_client_keys(self.secrets.get(CLIENT_KEYS))
+        self.keys = KeyRing(keys)
+        limits = cfg.limits
+        self.policies = {
+            k.name: KeyPolicy(
+                k.name,
+                k.rpm if k.rpm is not None else limits.default_rpm,
+                k.tpm if k.tpm is not None else limits.default_tpm,
+                k.monthly_budget_usd,
+            )
+            for k in keys
+        }
+        if self.keys.dev_mode:
+            self.policies["dev"] = KeyPolicy("dev", limits.default_rpm, limits.default_tpm, None)
+            log.warning(
+                "no client keys configured: accepting only the development key 'liftoff-dev-key' "
+                "(set LIFTOFF_CLIENT_KEYS or LIFTOFF_CLIENT_KEYS_SECRET_ARN for real keys)"
+            )
+        base_url = cfg.upstream.url
+        if base_url is None:
+            from app.simulator import SimulatorOptions, SimulatorServer
+
+            self.simulator = await asyncio.to_thread(SimulatorServer(SimulatorOptions()).start)
+            base_url = self.simulator.url
+            log.warning("upstream.url is null: using the built-in simulator at %s", base_url)
+        self.upstream = UpstreamClient(
+            base_url,
+            cfg.upstream,
+            cfg.models,
+            self.metrics,
+            self._provider_key,
+            lambda: self.secrets.refresh(UPSTREAM_API_KEY),
+        )
+        await self.upstream.start()
+        if cfg.redis.url:
+            self.redis = create_redis(
+                cfg.redis.url,
+                self.secrets.get(REDIS_AUTH_TOKEN),
+                socket_timeout_s=cfg.redis.socket_timeout_s,
+                connect_timeout_s=cfg.redis.socket_timeout_s,
+                max_connections=cfg.redis.max_connections,
+            )
+            self.cache = cache_mod.ResilientCache(
+                cache_mod.RedisResponseCache(self.redis, cfg.cache.ttl_s)
+            )
+            self.limits = ResilientLimitStore(
+                RedisLimitStore(self.redis), MemoryLimitStore(), cfg.limits.on_redis_failure
+            )
+        else:
+            self.cache = cache_mod.MemoryResponseCache(cfg.cache.max_entries, cfg.cache.ttl_s)
+            self.limits = MemoryLimitStore()
+        if cfg.batching.enabled:
+            from app.batching import CompletionBatcher
+
+            self.batcher = CompletionBatcher(
+                cfg.batching.window_ms,
+                cfg.batching.max_batch,
+                self._send_batch,
+                count_tokens=self.counter.count_text,
+            )
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self._after:
+            await asyncio.wait(set(self._after), timeout=5)
+        if self.upstream is not None:
+            await self.upstream.close()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+        if self.simulator is not None:
+            await asyncio.to_thread(self.simulator.stop)
+            self.simulator = None
+
+    def begin_drain(self) -> None:
+        """SIGTERM: readiness goes false at once; in-flight work carries on."""
+        if not self.draining:
+            self.draining = True
+            log.warning("draining: readiness is now false, in-flight requests finish")
+
+    def _provider_key(self) -> str | None:
+        key = self.secrets.get(UPSTREAM_API_KEY)
+        if key is None and self.config.uses_simulator:
+            return SIMULATOR_KEY
+        return key
+
+    def after(self, coro: Any) -> None:
+        """Run work after the response, off its path; bounded, errors logged."""
+        if len(self._after) >= MAX_AFTER_TASKS:
+            log.error("after-work backlog full: running inline")
+        task = asyncio.ensure_future(coro)
+        self._after.add(task)
+        task.add_done_callback(self._after_done)
+
+    def _after_done(self, task: asyncio.Task[None]) -> None:
+        self._after.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("after-work failed: %s", type(exc).__name__, exc_info=exc)
+
+    # --- request helpers ---------------------------------------------------------------------
+
+    def new_ctx(self, route: str, request: Request) -> Ctx:
+        given = request.headers.get("x-request-id")
+        rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id_var.set(rid)
+        return Ctx(route, rid)
+
+    def finish(self, ctx: Ctx, response: Response, method: str) -> Response:
+        """Headers every response carries, metrics and the access log line."""
+        headers = response.headers
+        headers["x-request-id"] = ctx.request_id
+        for name, value in ctx.headers.items():
+            headers[name] = value
+        if "x-liftoff-overhead-ms" not in headers:
+            overhead = ctx.overhead_ms()
+            headers["x-liftoff-overhead-ms"] = f"{overhead:.3f}"
+        if not isinstance(response, StreamingResponse):
+            self.record(ctx, response.status_code, method)
+        return response
+
+    def record(
+        self, ctx: Ctx, status: int, method: str, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        now = time.perf_counter()
+        elapsed = now - ctx.started
+        overhead_ms = ctx.overhead_ms(now)
+        m = self.metrics
+        m.requests.labels(ctx.route, ctx.model, str(status)).inc()
+        m.latency.labels(ctx.route, ctx.model).observe(elapsed)
+        m.overhead.labels(ctx.route).observe(overhead_ms / 1000)
+        if self.config.server.access_log:
+            fields = {
+                "method": method,
+                "route": ctx.route,
+                "status": status,
+                "model": ctx.model,
+                "key": ctx.key,
+                "ms": round(elapsed * 1000, 3),
+                "overhead_ms": round(overhead_ms, 3),
+                "upstream_ms": round(ctx.stats.upstream_s * 1000, 3),
+                "attempts": ctx.stats.attempts,
+                "cache": ctx.cache,
+            }
+            if extra:
+                fields.update(extra)
+            access.info("request", extra=fields)
+
+    def error_response(self, ctx: Ctx, exc: BaseException) -> Response:
+        api = to_api_error(exc)
+        if api.status >= 500 and not isinstance(exc, NotReady | StateUnavailable):
+            log.error(
+                "request failed: %s",
+                type(exc).__name__,
+                exc_info=exc if api.status == 500 else None,
+            )
+        return Response(api.body(), api.status, api.headers, media_type="application/json")
+
+    def authenticate(self, request: Request, ctx: Ctx) -> ClientKey:
+        key = self.keys.authenticate(request.headers.get("authorization"))
+        ctx.key = key.name
+        return key
+
+    async def read_json(self, request: Request) -> tuple[dict[str, Any], int]:
+        limit = self.config.server.max_body_bytes
+        length = request.headers.get("content-length")
+        check_envelope(
+            request.headers.get("content-type"),
+            int(length) if length and length.isdigit() else None,
+            limit,
+        )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(limit)
+            chunks.append(chunk)
+        return parse_json_object(b"".join(chunks)), size
+
+    def _count_sync(self, parsed: ParsedRequest) -> tuple[int, int]:
+        """(tokens of the largest prompt, tokens of all prompts together)."""
+        encoding = parsed.spec.encoding
+        if parsed.kind == "chat":
+            body = parsed.body
+            tokens = self.counter.count_messages(body["messages"], encoding)
+            for name in ("tools", "functions"):
+                if isinstance(body.get(name), list):
+                    tokens += self.counter.count_tools(body[name], encoding)
+            return tokens, tokens
+        counts = [self.counter.count_text(p, encoding) for p in parsed.prompts]
+        return max(counts), sum(counts)
+
+    async def count_prompt(self, parsed: ParsedRequest, body_bytes: int) -> tuple[int, int]:
+        # Tokenizing a large input takes milliseconds: do it in a thread, not on the loop.
+        if body_bytes > self.config.server.token_count_offload_chars:
+            return await asyncio.to_thread(self._count_sync, parsed)
+        return self._count_sync(parsed)
+
+    def _moderation_text(self, parsed: ParsedRequest) -> str:
+        if parsed.kind == "completions":
+            return "\n".join(parsed.prompts)
+        parts: list[str] = []
+        for message in parsed.body["messages"]:
+            content = message.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(
+                    p.get("text", "")
+                    for p in content
+                    if isinstance(p, dict) and p.get("type") == "text"
+                )
+        return "\n".join(parts)
+
+    def forward_headers(self, request: Request) -> dict[str, str] | None:
+        out: dict[str, str] | None = None
+        prefix = self._forward_prefix
+        for name, value in request.headers.items():
+            if name in self._forward or (prefix is not None and name.startswith(prefix)):
+                out = out or {}
+                out[name] = value
+        return out
+
+    def cache_mode(self, request: Request, parsed: ParsedRequest, canonical: dict[str, Any]) -> str:
+        """'use' (look up and store) or 'bypass'."""
+        if not self.config.cache.enabled:
+            return "bypass"
+        directive = request.headers.get("x-liftoff-cache", "").lower()
+        if directive == "bypass" or "no-cache" in request.headers.get("cache-control", "").lower():
+            return "bypass"
+        if directive == "force":
+            return "use"
+        return "use" if cache_mod.is_deterministic(canonical) else "bypass"
+
+    # --- the pipeline ------------------------------------------------------------------------
+
+    async def generate(self, kind: str, request: Request, ctx: Ctx) -> Response:
+        if not self.ready:
+            raise NotReady()
+        key = self.authenticate(request, ctx)
+        body, size = await self.read_json(request)
+        models = self.config.models
+        parsed = (
+            validate_chat(body, models) if kind == "chat" else validate_completions(body, models)
+        )
+        ctx.model = parsed.model
+        prompt_tokens, total_prompt = await self.count_prompt(parsed, size)
+        apply_token_limits(parsed, prompt_tokens, models.max_tokens_policy)
+        body["model"] = parsed.model
+        if isinstance(body.get("user"), str):
+            digest = hashlib.sha256(f"{key.name}\x00{body['user']}".encode()).hexdigest()
+            body["user"] = "u-" + digest[:32]
+
+        canonical = cache_mod.canonical_request(kind, body, parsed.model)
+        mode = self.cache_mode(request, parsed, canonical)
+        output_tokens = parsed.worst_case_output_tokens
+        worst = self.prices.worst_case(parsed.model, total_prompt, output_tokens)
+        policy = self.policies[key.name]
+        budgets = self.config.budgets
+        admit = self.limits.admit(
+            policy,
+            parsed.model,
+            total_prompt + output_tokens,
+            worst,
+            budgets.global_monthly_usd,
+            budgets.soft_fraction,
+        )
+        cache_key: str | None = None
+        cached: bytes | None = None
+        if mode == "use":
+
+            async def lookup() -> tuple[str, bytes | None]:
+                k = await self.cache.key_for(canonical)
+                return k, await self.cache.get(k)
+
+            try:
+                admission, (cache_key, cached) = await asyncio.gather(admit, lookup())
+            except BackendUnavailable:
+                raise StateUnavailable() from None
+        else:
+            try:
+                admission = await admit
+            except BackendUnavailable:
+                raise StateUnavailable() from None
+        ctx.headers.update(admission.headers)
+        if admission.budget_remaining_usd is not None:
+            ctx.headers["x-liftoff-budget-remaining"] = f"{admission.budget_remaining_usd:.6f}"
+        if not admission.allowed:
+            self.metrics.rate_limited.labels(admission.reason).inc()
+            log.info("rate limited", extra={"key": key.name, "reason": admission.reason})
+            raise RateLimited(admission.reason, admission.retry_after_s, admission.headers)
+        if admission.soft_exceeded:
+            self.metrics.budget_soft.labels(key.name).inc()
+            log.warning(
+                "budget soft threshold passed",
+                extra={"key": key.name, "remaining_usd": admission.budget_remaining_usd},
+            )
+        reservation = admission.reservation
+
+        if cached is not None:
+            ctx.cache = "hit"
+            self.metrics.cache.labels("hit").inc()
+            return self._serve_cached(parsed, cached, reservation, ctx)
+        ctx.cache = "miss" if mode == "use" else "bypass"
+        self.metrics.cache.labels(ctx.cache).inc()
+        try:
+            if self.config.upstream.moderation.enabled:
+                model = self.config.upstream.moderation.model
+                if await self.upstream.moderate(model, self._moderation_text(parsed), ctx.stats):
+                    self.metrics.moderation_flagged.inc()
+                    raise ContentFlagged()
+            if parsed.stream:
+                return await self._stream(request, parsed, body, reservation, cache_key, ctx)
+            return await self._complete(request, parsed, body, reservation, cache_key, ctx)
+        except BaseException:
+            if reservation is not None:
+                self.after(self.limits.release(reservation))
+            raise
+
+    def _serve_cached(
+        self, parsed: ParsedRequest, cached: bytes, reservation: Any, ctx: Ctx
+    ) -> Response:
+        response = orjson.loads(cached)
+        prompt, completion = _body_usage(response)
+        model = response.get("model") or parsed.model
+        saved = self.prices.cost(parsed.model, prompt, completion)
+        if reservation is not None:
+            self.after(self.limits.settle(reservation, 0.0, prompt, completion, True, saved))
+        self.metrics.cache_saved_tokens.labels(parsed.model).inc(prompt + completion)
+        self.metrics.cache_saved_usd.labels(parsed.model).inc(saved)
+        ctx.headers["x-liftoff-cache"] = "hit"
+        if parsed.stream:
+            events = replay(response, parsed.kind, parsed.include_usage)
+            return self._sse_response(iter_list(events), ctx, stream_model=model)
+        return Response(cached, 200, media_type="application/json")
+
+    async def _call(
+        self, request: Request, parsed: ParsedRequest, body: dict[str, Any], ctx: Ctx
+    ) -> tuple[bytes, str]:
+        """One upstream call (batched when eligible): response bytes and the model that served."""
+        path = "/v1/chat/completions" if parsed.kind == "chat" else "/v1/completions"
+        fwd = self.forward_headers(request)
+        if (
+            parsed.kind == "completions"
+            and self.batcher is not None
+            and len(parsed.prompts) == 1
+            and fwd is None
+        ):
+            params = {k: v for k, v in body.items() if k not in ("model", "prompt")}
+            started = time.perf_counter()
+            try:
+                result = await self.batcher.submit(parsed.model, params, parsed.prompts[0])
+            finally:
+                ctx.waited_s += time.perf_counter() - started
+            return orjson.dumps(result), str(result.get("model") or parsed.model)
+        reply = await self.upstream.post_json(path, body, parsed.model, ctx.stats, fwd)
+        return reply.body, reply.model
+
+    async def _send_batch(self, model: str, params: dict, prompts: list[str]) -> dict:
+        self.metrics.batch_size.observe(len(prompts))
+        stats = CallStats()
+        reply = await self.upstream.post_json(
+            "/v1/completions", {**params, "model": model, "prompt": prompts}, model, stats
+        )
+        return reply.json()
+
+    async def _complete(
+        self,
+        request: Request,
+        parsed: ParsedRequest,
+        body: dict[str, Any],
+        reservation: Any,
+        cache_key: str | None,
+        ctx: Ctx,
+    ) -> Response:
+        leader = False
+
+        async def call() -> tuple[bytes, str]:
+            nonlocal leader
+            leader = True
+            return await self._call(request, parsed, body, ctx)
+
+        if cache_key is not None:
+            started = time.perf_counter()
+            data, served_by = await self.single_flight.run(cache_key, call)
+            if not leader:
+                ctx.waited_s += time.perf_counter() - started
+        else:
+            data, served_by = await call()
+        response = orjson.loads(data)
+        prompt, completion = _body_usage(response)
+        if leader or cache_key is None:
+            cost = (
+                self.prices.cost(served_by, prompt, completion) if served_by in self.prices else 0.0
+            )
+            if reservation is not None:
+                self.after(self.limits.settle(reservation, cost, prompt, completion))
+            self._count_usage(served_by, prompt, completion, cost)
+            if cache_key is not None:
+                self.after(self.cache.set(cache_key, data))
+        else:
+            # A follower of single flight: the answer was bought once, by the leader.
+            ctx.cache = "hit"
+            saved = self.prices.cost(parsed.model, prompt, completion)
+            if reservation is not None:
+                self.after(self.limits.settle(reservation, 0.0, prompt, completion, True, saved))
+            self.metrics.cache_saved_usd.labels(parsed.model).inc(saved)
+        ctx.headers["x-liftoff-cache"] = ctx.cache or "bypass"
+        return Response(data, 200, media_type="application/json")
+
+    def _count_usage(self, model: str, prompt: int, completion: int, cost: float) -> None:
+        m = self.metrics
+        m.tokens.labels(model, "prompt").inc(prompt)
+        m.tokens.labels(model, "completion").inc(completion)
+        m.cost.labels(model).inc(cost)
+
+    async def _stream(
+        self,
+        request: Request,
+        parsed: ParsedRequest,
+        body: dict[str, Any],
+        reservation: Any,
+        cache_key: str | None,
+        ctx: Ctx,
+    ) -> Response:
+        path = "/v1/chat/completions" if parsed.kind == "chat" else "/v1/completions"
+        # Always ask for usage: it is what the budget is settled with.
+        upstream_body = {**body, "stream_options": {"include_usage": True}}
+        stream = await self.upstream.open_stream(
+            path, upstream_body, parsed.model, ctx.stats, self.forward_headers(request)
+        )
+        relay = StreamRelay(parsed.kind, parsed.include_usage, keep_for_cache=cache_key is not None)
+        ctx.headers["x-liftoff-cache"] = ctx.cache or "bypass"
+        gateway = self
+
+        async def events() -> AsyncIterator[bytes]:
+            outcome = "complete"
+            first = True
+            try:
+                async for event in stream.events():
+                    out = relay.process(event)
+                    if out is None:
+                        continue
+                    if first:
+                        first = False
+                        gateway.metrics.ttft.labels(parsed.model).observe(
+                            time.perf_counter() - ctx.started
+                        )
+                    yield out
+                if relay.upstream_error is not None:
+                    outcome = "upstream_error"
+            except StreamInterrupted:
+                outcome = "interrupted"
+                gateway.metrics.stream_interruptions.labels(parsed.model).inc()
+                log.warning("upstream stream interrupted", extra={"model": parsed.model})
+                yield error_event(to_api_error(StreamInterrupted()))
+            except BaseException:
+                outcome = "client_gone"
+                raise
+            finally:
+                stream.close()
+                gateway._after_stream(
+                    parsed, stream.model, relay, reservation, cache_key, ctx, outcome
+                )
+
+        return self._sse_response(events(), ctx)
+
+    def _after_stream(
+        self,
+        parsed: ParsedRequest,
+        served_by: str,
+        relay: StreamRelay,
+        reservation: Any,
+        cache_key: str | None,
+        ctx: Ctx,
+        outcome: str,
+    ) -> None:
+        if relay.usage:
+            prompt = int(relay.usage.get("prompt_tokens") or 0)
+            completion = int(relay.usage.get("completion_tokens") or 0)
+        else:
+            # No usage chunk (the stream broke): charge what we know was produced.
+            prompt, completion = parsed.prompt_tokens, relay.chunks
+        cost = self.prices.cost(served_by, prompt, completion) if served_by in self.prices else 0.0
+        if reservation is not None:
+            self.after(self.limits.settle(reservation, cost, prompt, completion))
+        self._count_usage(served_by, prompt, completion, cost)
+        if outcome == "complete" and cache_key is not None:
+            answer = relay.assembled()
+            if answer is not None:
+                self.after(self.cache.set(cache_key, orjson.dumps(answer)))
+        status = 200 if outcome == "complete" else 499 if outcome == "client_gone" else 502
+        self.record(ctx, status, "POST", {"stream": outcome})
+
+    def _sse_response(
+        self, body: AsyncIterator[bytes], ctx: Ctx, stream_model: str | None = None
+    ) -> StreamingResponse:
+        ctx.fixed_overhead_ms = ctx.overhead_ms()
+        headers = {
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+            "x-liftoff-overhead-ms": f"{ctx.fixed_overhead_ms:.3f}",
+        }
+        response = StreamingResponse(body, 200, headers, media_type="text/event-stream")
+        if stream_model is not None:
+            # A replayed cache hit: nothing else will log it.
+            self.record(ctx, 200, "POST", {"stream": "replay"})
+        return response
+
+    # --- other routes ------------------------------------------------------------------------
+
+    async def usage(self, request: Request, ctx: Ctx) -> Response:
+        key = self.authenticate(request, ctx)
+        month = request.query_params.get("month") or month_key()
+        if not _MONTH.match(month):
+            raise InvalidRequest("Invalid 'month': expected YYYY-MM.", "month", "invalid_value")
+        wanted = request.query_params.get("key")
+        if wanted is not None and wanted != key.name:
+            self.keys.require_admin(key)
+        if key.admin and wanted is None:
+            data = await self.limits.usage(None, month)
+            return json_response({"object": "usage", "month": month, "keys": data})
+        name = wanted or key.name
+        data = await self.limits.usage(name, month)
+        policy = self.policies.get(name)
+        budget = policy.monthly_budget_usd if policy else None
+        return json_response(
+            {
+                "object": "usage",
+                "month": month,
+                "key": name,
+                "monthly_budget_usd": budget,
+                "usage": data,
+            }
+        )
+
+    async def invalidate(self, request: Request, ctx: Ctx) -> Response:
+        key = self.authenticate(request, ctx)
+        self.keys.require_admin(key)
+        raw = await request.body()
+        body: dict[str, Any] = {}
+        if raw.strip():
+            body = parse_json_object(raw)
+        model = body.get("model")
+        resolved: str | None = None
+        if model is not None:
+            if not isinstance(model, str):
+                raise InvalidRequest("Invalid type for 'model': expected a string.", "model")
+            resolved = self.config.models.resolve(model)
+            if resolved is None:
+                raise InvalidRequest(f"Unknown model '{model}'.", "model", "model_not_found")
+        await self.cache.invalidate(resolved)
+        log.info("cache invalidated", extra={"model": resolved or "*", "by": key.name})
+        return json_response(
+            {"object": "cache.invalidation", "model": resolved, "invalidated": True}
+        )
+
+    def models_list(self) -> list[dict[str, Any]]:
+        cfg = self.config.models
+        names = [*cfg.aliases, *cfg.catalog]
+        return [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "liftoff",
+                "pinned": cfg.aliases.get(name, name),
+            }
+            for name in names
+        ]
+
+
+async def iter_list(items: list[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+def api_error_response(api: ApiError) -> Response:
+    return Response(api.body(), api.status, api.headers, media_type="application/json")
