@@ -73,41 +73,53 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
+Abort rendering with `msg`. `helm lint` downgrades `fail` to a log line, so the message is also
+raised as a template lookup error, which lint reports as a failure (with the same text).
+*/}}
+{{- define "gateway.fail" -}}
+{{- fail . }}
+{{- include (printf "invalid values: %s" .) dict }}
+{{- end }}
+
+{{/*
 Cross-field rules JSON Schema cannot express. Each failure names the values involved and what
 is allowed. Included by the Deployment so every render runs them.
 */}}
 {{- define "gateway.validate" -}}
 {{- $a := .Values.autoscaling }}
 {{- if and $a.enabled (gt ($a.minReplicas | int) ($a.maxReplicas | int)) }}
-{{- fail (printf "autoscaling.minReplicas (%d) must be <= autoscaling.maxReplicas (%d)" ($a.minReplicas | int) ($a.maxReplicas | int)) }}
+{{- include "gateway.fail" (printf "autoscaling.minReplicas (%d) must be <= autoscaling.maxReplicas (%d)" ($a.minReplicas | int) ($a.maxReplicas | int)) }}
 {{- end }}
 {{- if and $a.enabled (kindIs "invalid" $a.targetCPUUtilizationPercentage) (kindIs "invalid" $a.targetMemoryUtilizationPercentage) }}
-{{- fail "autoscaling.enabled is true but neither autoscaling.targetCPUUtilizationPercentage nor autoscaling.targetMemoryUtilizationPercentage is set: the HPA needs at least one metric" }}
+{{- include "gateway.fail" "autoscaling.enabled is true but neither autoscaling.targetCPUUtilizationPercentage nor autoscaling.targetMemoryUtilizationPercentage is set: the HPA needs at least one metric" }}
 {{- end }}
 {{- $s := .Values.server }}
 {{- $preStop := .Values.lifecycle.preStopSleepSeconds | int }}
 {{- $grace := .Values.terminationGracePeriodSeconds | int }}
 {{- if le $grace (add $preStop ($s.gracefulShutdownSeconds | int)) }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than lifecycle.preStopSleepSeconds (%d) + server.gracefulShutdownSeconds (%d) = %d, or the kubelet kills in-flight streams" $grace $preStop ($s.gracefulShutdownSeconds | int) (add $preStop ($s.gracefulShutdownSeconds | int))) }}
+{{- include "gateway.fail" (printf "terminationGracePeriodSeconds (%d) must be greater than lifecycle.preStopSleepSeconds (%d) + server.gracefulShutdownSeconds (%d) = %d, or the kubelet kills in-flight streams" $grace $preStop ($s.gracefulShutdownSeconds | int) (add $preStop ($s.gracefulShutdownSeconds | int))) }}
 {{- end }}
 {{- if le ($s.keepAliveTimeoutSeconds | int) (.Values.loadBalancer.idleTimeoutSeconds | int) }}
-{{- fail (printf "server.keepAliveTimeoutSeconds (%d) must be greater than loadBalancer.idleTimeoutSeconds (%d): the ALB must close idle connections first, or it gets a 502 from a connection the server closed" ($s.keepAliveTimeoutSeconds | int) (.Values.loadBalancer.idleTimeoutSeconds | int)) }}
+{{- include "gateway.fail" (printf "server.keepAliveTimeoutSeconds (%d) must be greater than loadBalancer.idleTimeoutSeconds (%d): the ALB must close idle connections first, or it gets a 502 from a connection the server closed" ($s.keepAliveTimeoutSeconds | int) (.Values.loadBalancer.idleTimeoutSeconds | int)) }}
 {{- end }}
 {{- if .Values.vpa.enabled }}
 {{- range $r := splitList "," (include "gateway.hpaResources" .) }}
 {{- if and $r (has $r $.Values.vpa.controlledResources) }}
-{{- fail (printf "vpa.controlledResources includes %q but the HPA scales on %s (autoscaling.target%sUtilizationPercentage): the VPA may only control resources the HPA does not scale on (e.g. vpa.controlledResources=[memory] with a CPU-based HPA)" $r $r (ternary "CPU" "Memory" (eq $r "cpu"))) }}
+{{- include "gateway.fail" (printf "vpa.controlledResources includes %s but the HPA scales on %s (autoscaling.target%sUtilizationPercentage): the VPA may only control resources the HPA does not scale on (e.g. vpa.controlledResources=[memory] with a CPU-based HPA)" $r $r (ternary "CPU" "Memory" (eq $r "cpu"))) }}
 {{- end }}
 {{- end }}
 {{- end }}
 {{- $pdb := .Values.podDisruptionBudget }}
 {{- $min := include "gateway.minReplicas" . | int }}
 {{- if and $pdb.enabled (gt (include "gateway.maxReplicas" . | int) 1) (ge ($pdb.minAvailable | int) $min) }}
-{{- fail (printf "podDisruptionBudget.minAvailable (%d) must be below the smallest replica count (%d, %s), or no pod can ever be evicted and node drains block; lower it or set podDisruptionBudget.enabled=false" ($pdb.minAvailable | int) $min (ternary "autoscaling.minReplicas" "replicaCount" .Values.autoscaling.enabled)) }}
+{{- include "gateway.fail" (printf "podDisruptionBudget.minAvailable (%d) must be below the smallest replica count (%d, %s), or no pod can ever be evicted and node drains block; lower it or set podDisruptionBudget.enabled=false" ($pdb.minAvailable | int) $min (ternary "autoscaling.minReplicas" "replicaCount" .Values.autoscaling.enabled)) }}
+{{- end }}
+{{- if contains "@" (.Values.redis.url | default "") }}
+{{- include "gateway.fail" "redis.url must not contain credentials (value withheld): give host, port and db only; the AUTH token comes from secrets.redisAuthTokenArn" }}
 {{- end }}
 {{- $configYaml := toYaml .Values.config }}
 {{- $secretKey := regexFind "(?im)^\\s*[\"']?[a-z0-9_-]*(api_?key|auth_?token|password|passwd|secret|client_?keys|credentials?)[\"']?\\s*:" $configYaml }}
 {{- if $secretKey }}
-{{- fail (printf "config must not hold secrets (found key %q): pass credentials as Secrets Manager ARNs under secrets.*" (trim (trimSuffix ":" (trim $secretKey)))) }}
+{{- include "gateway.fail" (printf "config must not hold secrets (found key %q): pass credentials as Secrets Manager ARNs under secrets.*" (trim (trimSuffix ":" (trim $secretKey)))) }}
 {{- end }}
 {{- end }}
