@@ -43,9 +43,6 @@ AZ_NAMES = {
     "us-west-1": ["us-west-1a", "us-west-1c"],
     "us-west-2": ["us-west-2a", "us-west-2b", "us-west-2c", "us-west-2d"],
 }
-# Config values the program needs at runtime but that are never committed (set with --secret);
-# placeholders keep the mock run complete without a real value.
-PLACEHOLDER_SECRETS = {"liftoff:llmApiKey": "sk-placeholder-not-a-real-key"}
 
 
 @dataclass(frozen=True)
@@ -350,7 +347,9 @@ class LiftoffMocks(pulumi.runtime.Mocks):
             metadata.setdefault("name", name)
             resource_id = metadata["name"]
             outputs = {"metadata": metadata}
-        return resource_id, {**inputs, "id": resource_id, **outputs}
+        # Write-only inputs (auth_token_wo, secret_string_wo) are never part of provider state.
+        state = {k: v for k, v in inputs.items() if not k.endswith("Wo")}
+        return resource_id, {**state, "id": resource_id, **outputs}
 
 
 def _secret_paths(value: struct_pb2.Value, path: str) -> set[str]:
@@ -373,6 +372,36 @@ def _secret_paths(value: struct_pb2.Value, path: str) -> set[str]:
     return set()
 
 
+SECRET_PLACEHOLDER = "[secret]"
+
+
+def _plain(value: Any) -> Any:
+    """Protobuf numbers arrive as floats: give whole numbers back their int type."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return _plain(value.get("value"))
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _mask_secrets(inputs: dict[str, Any], secret_paths: set[str]) -> dict[str, Any]:
+    """Replace every secret input value by a placeholder, so records are safe to print."""
+    for path in secret_paths:
+        keys = [
+            int(part) if part.isdigit() else part
+            for part in path.replace("[", ".").replace("]", "").split(".")
+        ]
+        node: Any = inputs
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = SECRET_PLACEHOLDER
+    return inputs
+
+
 class RecordingMonitor(pulumi_mocks.MockMonitor):
     """A MockMonitor that also keeps every registration's request: options and secret inputs."""
 
@@ -387,7 +416,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         secret_inputs: set[str] = set()
         for key, value in request.object.fields.items():
             secret_inputs |= _secret_paths(value, key)
-        inputs = rpc.deserialize_properties(request.object)
+        inputs = _mask_secrets(_plain(rpc.deserialize_properties(request.object)), secret_inputs)
         implicit = {urn for deps in request.propertyDependencies.values() for urn in deps.urns}
         all_deps = list(request.dependencies)
         self.recorded.append(
@@ -426,8 +455,6 @@ class _ListHandler(logging.Handler):
 def flat_config(stack: str, overrides: Mapping[str, str] | None) -> dict[str, str]:
     """Stack file config plus overrides as the string map the Pulumi CLI would hand the program."""
     config = {**read_stack_config(stack), **(overrides or {})}
-    for key, placeholder in PLACEHOLDER_SECRETS.items():
-        config.setdefault(key, placeholder)
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 

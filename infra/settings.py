@@ -374,6 +374,13 @@ class StackSettings(BaseModel):
         "Gateway client keys; stored in Secrets Manager. Secret.",
         alias="clientKeys",
     )
+    secrets_version: int = _setting(
+        1,
+        "an integer >= 1",
+        "Bump after changing llmApiKey or clientKeys: secret values are sent write-only (kept "
+        "out of Pulumi state), so a new version is what makes Pulumi send them again.",
+        alias="secretsVersion",
+    )
     # --- cost and alerts -----------------------------------------------------------------
     monthly_budget_usd: float = _setting(
         300.0, "a number > 0", "AWS Budgets monthly cost limit.", alias="monthlyBudgetUsd"
@@ -531,12 +538,20 @@ _RANGES: dict[str, tuple[float, float]] = {
     "hpa_memory_target": (1, 100),
     "gateway_workers": (1, 16),
     "default_rpm": (1, float("inf")),
+    "secrets_version": (1, float("inf")),
     "default_tpm": (1, float("inf")),
     "alarm_5xx_count": (1, float("inf")),
     "alarm_cache_cpu_percent": (1, 100),
     "alarm_cache_memory_percent": (1, 100),
     "budget_forecast_threshold": (1, 200),
 }
+
+
+def is_arm(instance_type: str) -> bool:
+    """Graviton families carry a 'g' after the generation digit (m7g, c7gn, t4g, r8g)."""
+    family = instance_type.split(".")[0]
+    match = re.match(r"^[a-z]+[0-9]+([a-z-]*)$", family)
+    return bool(match) and "g" in match.group(1)
 
 
 def _valid_vpc_cidr(v: str) -> bool:
@@ -619,6 +634,8 @@ def _cross_field_problems(v: dict[str, Any], raw: dict[str, Any]) -> list[str]:
                 "node_desired_size",
                 f"must be between liftoff:nodeMinSize ({lo}) and liftoff:nodeMaxSize ({hi})",
             )
+    if v.get("node_instance_types") and len({is_arm(t) for t in v["node_instance_types"]}) > 1:
+        fail("node_instance_types", "instance types of one architecture (all Graviton or none)")
     if (
         have("app_min_replicas", "app_max_replicas")
         and v["app_min_replicas"] > v["app_max_replicas"]

@@ -4,18 +4,127 @@ from __future__ import annotations
 
 import pulumi
 
+from infra.cache import CACHE_PORT, Cache, CacheArgs
+from infra.cluster import Cluster, ClusterArgs
+from infra.loadbalancer import LoadBalancer, LoadBalancerArgs
 from infra.network import Network, NetworkArgs
-from infra.settings import StackSettings, settings_from_pulumi
+from infra.observability import Observability, ObservabilityArgs
+from infra.secrets import Secrets, SecretsArgs
+from infra.settings import REPO_ROOT, StackSettings, settings_from_pulumi
+from infra.tags import base_tags
+from infra.timings import ShutdownTimings
+from infra.workload import Workload, WorkloadArgs, WorkloadRefs, split_image_ref
+
+
+def image_reference(settings: StackSettings) -> pulumi.Output[str]:
+    """`liftoff:image` when set; otherwise build app/ into the stack's ECR repository."""
+    if settings.image:
+        return pulumi.Output.from_input(settings.image)
+    # Imported here: only stacks that build their image need the docker-build provider.
+    from infra.image import GatewayImage, GatewayImageArgs
+
+    image = GatewayImage(
+        f"{settings.prefix}-image",
+        GatewayImageArgs(context_dir=str(REPO_ROOT / "app"), tags=base_tags(settings)),
+    )
+    return image.image_ref
 
 
 def build(settings: StackSettings) -> dict[str, object]:
     """Declare every component for `settings`; return the stack outputs."""
-    cluster_name = f"{settings.prefix}-eks"
-    network = Network(settings.prefix, NetworkArgs(settings=settings, cluster_name=cluster_name))
+    s = settings
+    timings = ShutdownTimings.from_settings(s)
+    cluster_name = f"{s.prefix}-eks"
+
+    network = Network(s.prefix, NetworkArgs(settings=s, cluster_name=cluster_name))
+    cluster = Cluster(
+        s.prefix,
+        ClusterArgs(
+            settings=s,
+            cluster_name=cluster_name,
+            vpc_id=network.vpc_id,
+            private_subnet_ids=network.private_subnet_ids,
+            public_subnet_ids=network.public_subnet_ids,
+            network_dependencies=network.foundation,
+        ),
+    )
+    secrets = Secrets(s.prefix, SecretsArgs(settings=s, cluster=cluster))
+    cache = Cache(
+        s.prefix,
+        CacheArgs(
+            settings=s,
+            vpc_id=network.vpc_id,
+            private_subnet_ids=network.private_subnet_ids,
+            node_security_group_id=cluster.node_security_group_id,
+            kms_key_arn=secrets.key_arn,
+            auth_token=secrets.redis_auth_token,
+        ),
+    )
+    lb = LoadBalancer(
+        s.prefix,
+        LoadBalancerArgs(
+            settings=s,
+            vpc_id=network.vpc_id,
+            public_subnet_ids=network.public_subnet_ids,
+            cluster=cluster,
+            timings=timings,
+        ),
+    )
+    image_ref = image_reference(s)
+
+    def refs(values: list) -> WorkloadRefs:
+        ref, cache_host, upstream_arn, token_arn, keys_arn, tg_arn, role_arn = values
+        repository, tag, digest = split_image_ref(ref)
+        return WorkloadRefs(
+            image_repository=repository,
+            image_tag=tag,
+            image_digest=digest,
+            cache_host=cache_host,
+            cache_port=CACHE_PORT,
+            upstream_api_key_secret_arn=upstream_arn,
+            redis_auth_token_secret_arn=token_arn,
+            client_keys_secret_arn=keys_arn,
+            target_group_arn=tg_arn,
+            service_account_role_arn=role_arn,
+            vpc_cidr=s.vpc_cidr,
+            region=s.region,
+        )
+
+    workload_refs = pulumi.Output.all(
+        image_ref,
+        cache.primary_endpoint,
+        secrets.upstream_api_key_arn,
+        secrets.redis_auth_token_arn,
+        secrets.client_keys_arn,
+        lb.target_group_arn,
+        secrets.app_role_arn,
+    ).apply(refs)
+    Workload(
+        s.prefix,
+        WorkloadArgs(settings=s, cluster=cluster, refs=workload_refs, depends_on=[lb.controller]),
+    )
+    observability = Observability(
+        s.prefix,
+        ObservabilityArgs(
+            settings=s,
+            alb_arn_suffix=lb.arn_suffix,
+            target_group_arn_suffix=lb.target_group_arn_suffix,
+            cache_member_ids=cache.member_cluster_ids,
+        ),
+    )
     return {
+        "url": lb.url,
+        "clusterName": cluster.name,
+        "kubeconfig": cluster.kubeconfig,
+        "cacheEndpoint": cache.primary_endpoint,
+        "secretArns": secrets.secret_arns,
+        "budgetName": observability.budget_name,
+        "alertTopicArn": observability.topic_arn,
+        "imageRef": image_ref,
         "vpcId": network.vpc_id,
-        "privateSubnetIds": network.private_subnet_ids,
-        "publicSubnetIds": network.public_subnet_ids,
+        "region": s.region,
+        "azCount": s.effective_az_count,
+        "notes": [note for note in (s.az_note,) if note],
     }
 
 

@@ -1,0 +1,519 @@
+"""Cluster: EKS control plane, IRSA, add-ons, managed nodes, a Kubernetes provider, autoscalers.
+
+Built from pulumi_aws primitives (no pulumi-eks) so every resource is visible to mocks and policies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra.settings import StackSettings, is_arm
+from infra.tags import tags
+
+# Chart versions are pinned so `pulumi up` is repeatable; bump them deliberately.
+CLUSTER_AUTOSCALER_CHART = (
+    "cluster-autoscaler",
+    "https://kubernetes.github.io/autoscaler",
+    "9.46.6",
+)
+METRICS_SERVER_CHART = (
+    "metrics-server",
+    "https://kubernetes-sigs.github.io/metrics-server/",
+    "3.12.2",
+)
+VPA_CHART = ("vpa", "https://charts.fairwinds.com/stable", "4.7.2")
+MANAGED_ADDONS = ("vpc-cni", "kube-proxy", "coredns")
+# Managed policies the node role needs to join the cluster and pull images.
+NODE_POLICIES = (
+    "AmazonEKSWorkerNodePolicy",
+    "AmazonEKS_CNI_Policy",
+    "AmazonEC2ContainerRegistryReadOnly",
+    "AmazonSSMManagedInstanceCore",
+)
+
+
+def assume_role_policy(service: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+            ],
+        }
+    )
+
+
+def irsa_trust_policy(
+    oidc_provider_arn: pulumi.Input[str],
+    oidc_issuer_url: pulumi.Input[str],
+    namespace: str,
+    service_account: str,
+) -> pulumi.Output[str]:
+    """Trust policy letting exactly one Kubernetes service account assume the role (IRSA)."""
+
+    def render(args: list[str]) -> str:
+        arn, url = args
+        issuer = url.removeprefix("https://")
+        subject = f"system:serviceaccount:{namespace}:{service_account}"
+        return json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Federated": arn},
+                        "Action": "sts:AssumeRoleWithWebIdentity",
+                        "Condition": {
+                            "StringEquals": {
+                                f"{issuer}:sub": subject,
+                                f"{issuer}:aud": "sts.amazonaws.com",
+                            }
+                        },
+                    }
+                ],
+            }
+        )
+
+    return pulumi.Output.all(oidc_provider_arn, oidc_issuer_url).apply(render)
+
+
+def build_kubeconfig(
+    cluster_name: str,
+    endpoint: str,
+    ca_data: str,
+    region: str,
+    role_arn: str | None,
+    profile: str | None,
+) -> str:
+    """A kubeconfig whose token comes from `aws eks get-token` for whoever runs it."""
+    args = [
+        "eks",
+        "get-token",
+        "--cluster-name",
+        cluster_name,
+        "--region",
+        region,
+        "--output",
+        "json",
+    ]
+    if role_arn:
+        args += ["--role-arn", role_arn]
+    exec_config: dict[str, object] = {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "command": "aws",
+        "args": args,
+        "interactiveMode": "Never",
+    }
+    if profile:
+        exec_config["env"] = [{"name": "AWS_PROFILE", "value": profile}]
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": cluster_name,
+                    "cluster": {"server": endpoint, "certificate-authority-data": ca_data},
+                }
+            ],
+            "contexts": [
+                {"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}
+            ],
+            "current-context": cluster_name,
+            "users": [{"name": cluster_name, "user": {"exec": exec_config}}],
+        },
+        indent=2,
+    )
+
+
+@dataclass
+class ClusterArgs:
+    settings: StackSettings
+    cluster_name: str
+    vpc_id: pulumi.Input[str]
+    private_subnet_ids: Sequence[pulumi.Input[str]]
+    public_subnet_ids: Sequence[pulumi.Input[str]]
+    # Network resources that must outlive the nodes and releases (destroy ordering).
+    network_dependencies: Sequence[pulumi.Resource]
+
+
+class Cluster(pulumi.ComponentResource):
+    name: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    provider: k8s.Provider
+    node_security_group_id: pulumi.Output[str]
+    oidc_provider_arn: pulumi.Output[str]
+    oidc_issuer_url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("liftoff:index:Cluster", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+        self._settings = s
+
+        cluster_role = aws.iam.Role(
+            f"{name}-cluster-role",
+            name=f"{s.prefix}-eks-cluster",
+            assume_role_policy=assume_role_policy("eks.amazonaws.com"),
+            tags=tags(s, f"{s.prefix}-eks-cluster"),
+            opts=child,
+        )
+        cluster_policy = aws.iam.RolePolicyAttachment(
+            f"{name}-cluster-policy",
+            role=cluster_role.name,
+            policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
+            opts=child,
+        )
+        secrets_key = aws.kms.Key(
+            f"{name}-secrets-key",
+            description=f"{s.prefix}: envelope encryption of Kubernetes secrets",
+            enable_key_rotation=True,
+            deletion_window_in_days=30 if s.is_prod else 7,
+            tags=tags(s, f"{s.prefix}-eks-secrets"),
+            opts=child,
+        )
+        aws.kms.Alias(
+            f"{name}-secrets-key-alias",
+            name=f"alias/{s.prefix}-eks-secrets",
+            target_key_id=secrets_key.key_id,
+            opts=child,
+        )
+        # Created before the cluster so its retention is ours, not "never expire".
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-control-plane-logs",
+            name=f"/aws/eks/{args.cluster_name}/cluster",
+            retention_in_days=s.flow_logs_retention_days,
+            tags=tags(s, f"{s.prefix}-eks-logs"),
+            opts=child,
+        )
+        cluster = aws.eks.Cluster(
+            f"{name}-eks",
+            name=args.cluster_name,
+            role_arn=cluster_role.arn,
+            version=s.kubernetes_version,
+            vpc_config={
+                "subnet_ids": list(args.private_subnet_ids),
+                "endpoint_private_access": True,
+                "endpoint_public_access": s.cluster_endpoint_public,
+                "public_access_cidrs": s.cluster_endpoint_public_cidrs
+                if s.cluster_endpoint_public
+                else None,
+            },
+            encryption_config={"provider": {"key_arn": secrets_key.arn}, "resources": ["secrets"]},
+            enabled_cluster_log_types=list(s.cluster_log_types),
+            kubernetes_network_config={"service_ipv4_cidr": s.service_cidr, "ip_family": "ipv4"},
+            access_config={
+                "authentication_mode": "API_AND_CONFIG_MAP",
+                "bootstrap_cluster_creator_admin_permissions": True,
+            },
+            tags=tags(s, args.cluster_name),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[cluster_policy, log_group, *args.network_dependencies],
+            ),
+        )
+        self.name = cluster.name
+        # Pods run on the EKS-managed cluster security group (VPC CNI uses the node's ENIs).
+        self.node_security_group_id = cluster.vpc_config.cluster_security_group_id
+        self.oidc_issuer_url = cluster.identities[0].oidcs[0].issuer
+        oidc = aws.iam.OpenIdConnectProvider(
+            f"{name}-oidc",
+            url=self.oidc_issuer_url,
+            client_id_lists=["sts.amazonaws.com"],
+            tags=tags(s, f"{s.prefix}-eks-oidc"),
+            opts=child,
+        )
+        self.oidc_provider_arn = oidc.arn
+
+        if s.kubeconfig_role_arn:
+            # The role in the kubeconfig needs an access entry to be let in.
+            entry = aws.eks.AccessEntry(
+                f"{name}-kubeconfig-access",
+                cluster_name=cluster.name,
+                principal_arn=s.kubeconfig_role_arn,
+                type="STANDARD",
+                tags=tags(s, f"{s.prefix}-kubeconfig-access"),
+                opts=child,
+            )
+            aws.eks.AccessPolicyAssociation(
+                f"{name}-kubeconfig-admin",
+                cluster_name=cluster.name,
+                principal_arn=entry.principal_arn,
+                policy_arn="arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+                access_scope={"type": "cluster"},
+                opts=child,
+            )
+
+        node_group = self._node_group(name, args, cluster)
+
+        addons = [
+            aws.eks.Addon(
+                f"{name}-addon-{addon}",
+                cluster_name=cluster.name,
+                addon_name=addon,
+                resolve_conflicts_on_create="OVERWRITE",
+                resolve_conflicts_on_update="PRESERVE",
+                tags=tags(s, f"{s.prefix}-{addon}"),
+                # coredns needs nodes to become healthy.
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[node_group] if addon == "coredns" else []
+                ),
+            )
+            for addon in MANAGED_ADDONS
+        ]
+
+        kubeconfig = pulumi.Output.all(
+            cluster.name, cluster.endpoint, cluster.certificate_authority.data
+        ).apply(
+            lambda a: build_kubeconfig(
+                a[0], a[1], a[2], s.region, s.kubeconfig_role_arn, s.kubeconfig_profile
+            )
+        )
+        self.kubeconfig = pulumi.Output.secret(kubeconfig)
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            enable_server_side_apply=True,
+            opts=child,
+        )
+        # Everything deployed into the cluster waits for nodes and add-ons, and is destroyed
+        # before them (and before the network they run in).
+        self.workload_dependencies: list[pulumi.Resource] = [
+            node_group,
+            *addons,
+            *args.network_dependencies,
+        ]
+        self.node_group = node_group
+
+        self._cluster_autoscaler(name, args.cluster_name)
+        self._helm(
+            name,
+            "metrics-server",
+            METRICS_SERVER_CHART,
+            {"args": ["--kubelet-preferred-address-types=InternalIP"]},
+        )
+        if s.vpa_mode != "Off":
+            self._helm(
+                name,
+                "vpa",
+                VPA_CHART,
+                {
+                    "recommender": {"enabled": True},
+                    "updater": {"enabled": s.vpa_mode in ("Recreate", "Auto")},
+                    "admissionController": {"enabled": True},
+                },
+            )
+
+        self.register_outputs(
+            {
+                "clusterName": cluster.name,
+                "endpoint": cluster.endpoint,
+                "oidcProviderArn": oidc.arn,
+                "kubeconfig": self.kubeconfig,
+            }
+        )
+
+    def _node_group(
+        self, name: str, args: ClusterArgs, cluster: aws.eks.Cluster
+    ) -> aws.eks.NodeGroup:
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+        node_role = aws.iam.Role(
+            f"{name}-node-role",
+            name=f"{s.prefix}-eks-nodes",
+            assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
+            tags=tags(s, f"{s.prefix}-eks-nodes"),
+            opts=child,
+        )
+        attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{name}-node-{policy}",
+                role=node_role.name,
+                policy_arn=f"arn:aws:iam::aws:policy/{policy}",
+                opts=child,
+            )
+            for policy in NODE_POLICIES
+        ]
+        node_tags = tags(s, f"{s.prefix}-node")
+        launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-nodes-lt",
+            name_prefix=f"{s.prefix}-nodes-",
+            description="EKS managed nodes: IMDSv2 only, encrypted gp3 root volume",
+            metadata_options={
+                "http_endpoint": "enabled",
+                "http_tokens": "required",
+                "http_put_response_hop_limit": s.node_metadata_hop_limit,
+                "instance_metadata_tags": "disabled",
+            },
+            block_device_mappings=[
+                {
+                    "device_name": "/dev/xvda",
+                    "ebs": {
+                        "volume_size": s.node_disk_size_gb,
+                        "volume_type": "gp3",
+                        "encrypted": "true",
+                        "delete_on_termination": "true",
+                    },
+                }
+            ],
+            monitoring={"enabled": True},
+            tag_specifications=[
+                {"resource_type": "instance", "tags": node_tags},
+                {"resource_type": "volume", "tags": node_tags},
+            ],
+            update_default_version=True,
+            tags=tags(s, f"{s.prefix}-nodes-lt"),
+            opts=child,
+        )
+        arm = is_arm(s.node_instance_types[0])
+        return aws.eks.NodeGroup(
+            f"{name}-nodes",
+            cluster_name=cluster.name,
+            node_group_name=f"{s.prefix}-nodes",
+            node_role_arn=node_role.arn,
+            subnet_ids=list(args.private_subnet_ids),
+            instance_types=list(s.node_instance_types),
+            capacity_type=s.node_capacity_type,
+            ami_type="AL2023_ARM_64_STANDARD" if arm else "AL2023_x86_64_STANDARD",
+            scaling_config={
+                "min_size": s.node_min_size,
+                "desired_size": s.node_desired_size,
+                "max_size": s.node_max_size,
+            },
+            update_config={"max_unavailable_percentage": 33},
+            launch_template={
+                "id": launch_template.id,
+                "version": launch_template.latest_version.apply(str),
+            },
+            labels={"liftoff/pool": "default"},
+            tags=tags(
+                s,
+                f"{s.prefix}-nodes",
+                {
+                    "k8s.io/cluster-autoscaler/enabled": "true",
+                    f"k8s.io/cluster-autoscaler/{args.cluster_name}": "owned",
+                },
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # The cluster autoscaler owns the desired size after creation.
+                ignore_changes=["scalingConfig.desiredSize"],
+                depends_on=[*attachments, *args.network_dependencies],
+            ),
+        )
+
+    def service_account_role(
+        self, name: str, namespace: str, service_account: str, policy: pulumi.Input[str]
+    ) -> aws.iam.Role:
+        """An IRSA role for one service account with one inline policy; child of this cluster."""
+        s = self._settings
+        role = aws.iam.Role(
+            f"{name}-role",
+            name=f"{s.prefix}-{service_account}"[:64],
+            assume_role_policy=irsa_trust_policy(
+                self.oidc_provider_arn, self.oidc_issuer_url, namespace, service_account
+            ),
+            tags=tags(s, f"{s.prefix}-{service_account}"),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        aws.iam.RolePolicy(
+            f"{name}-policy", role=role.id, policy=policy, opts=pulumi.ResourceOptions(parent=role)
+        )
+        return role
+
+    def helm_options(
+        self, parent: pulumi.Resource, extra: Sequence[pulumi.Resource] = ()
+    ) -> pulumi.ResourceOptions:
+        """Options for a Helm release in this cluster: its provider and destroy-ordering deps."""
+        return pulumi.ResourceOptions(
+            parent=parent,
+            provider=self.provider,
+            depends_on=[*self.workload_dependencies, *extra],
+        )
+
+    def _helm(
+        self, name: str, release: str, chart: tuple[str, str, str], values: dict
+    ) -> k8s.helm.v3.Release:
+        chart_name, repo, version = chart
+        return k8s.helm.v3.Release(
+            f"{name}-{release}",
+            name=release,
+            chart=chart_name,
+            version=version,
+            repository_opts={"repo": repo},
+            namespace="kube-system",
+            values=values,
+            atomic=True,
+            cleanup_on_fail=True,
+            opts=self.helm_options(self),
+        )
+
+    def _cluster_autoscaler(self, name: str, cluster_name: str) -> None:
+        s = self._settings
+        policy = json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": [
+                            "autoscaling:DescribeAutoScalingGroups",
+                            "autoscaling:DescribeAutoScalingInstances",
+                            "autoscaling:DescribeLaunchConfigurations",
+                            "autoscaling:DescribeScalingActivities",
+                            "autoscaling:DescribeTags",
+                            "ec2:DescribeImages",
+                            "ec2:DescribeInstanceTypes",
+                            "ec2:DescribeLaunchTemplateVersions",
+                            "ec2:GetInstanceTypesFromInstanceRequirements",
+                            "eks:DescribeNodegroup",
+                        ],
+                        "Resource": "*",
+                    },
+                    {
+                        # Only groups tagged as this cluster's may be resized.
+                        "Effect": "Allow",
+                        "Action": [
+                            "autoscaling:SetDesiredCapacity",
+                            "autoscaling:TerminateInstanceInAutoScalingGroup",
+                        ],
+                        "Resource": "*",
+                        "Condition": {
+                            "StringEquals": {
+                                f"aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster_name}": "owned"
+                            }
+                        },
+                    },
+                ],
+            }
+        )
+        role = self.service_account_role(
+            f"{name}-cluster-autoscaler", "kube-system", "cluster-autoscaler", policy
+        )
+        self._helm(
+            name,
+            "cluster-autoscaler",
+            CLUSTER_AUTOSCALER_CHART,
+            {
+                "cloudProvider": "aws",
+                "awsRegion": s.region,
+                "autoDiscovery": {"clusterName": cluster_name},
+                "rbac": {
+                    "serviceAccount": {
+                        "name": "cluster-autoscaler",
+                        "annotations": {"eks.amazonaws.com/role-arn": role.arn},
+                    }
+                },
+                "extraArgs": {
+                    "balance-similar-node-groups": "true",
+                    "skip-nodes-with-system-pods": "false",
+                    "expander": "least-waste",
+                },
+            },
+        )

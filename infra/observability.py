@@ -1,0 +1,203 @@
+"""Observability: an SNS alert topic, an AWS Budgets monthly budget, CloudWatch alarms."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.settings import StackSettings
+from infra.tags import tags
+
+# With allkeys-lru a full cache evicts by design; sustained heavy eviction means it is too small.
+EVICTIONS_PER_5_MIN = 1000
+
+
+@dataclass
+class ObservabilityArgs:
+    settings: StackSettings
+    alb_arn_suffix: pulumi.Input[str]
+    target_group_arn_suffix: pulumi.Input[str]
+    cache_member_ids: list[str]
+
+
+class Observability(pulumi.ComponentResource):
+    topic_arn: pulumi.Output[str]
+    budget_name: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("liftoff:index:Observability", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+
+        topic = aws.sns.Topic(
+            f"{name}-alerts",
+            name=f"{s.prefix}-alerts",
+            kms_master_key_id="alias/aws/sns",
+            tags=tags(s, f"{s.prefix}-alerts"),
+            opts=child,
+        )
+        aws.sns.TopicPolicy(
+            f"{name}-alerts-policy",
+            arn=topic.arn,
+            policy=topic.arn.apply(
+                lambda arn: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Sid": "BudgetsAndAlarmsPublish",
+                                "Effect": "Allow",
+                                "Principal": {
+                                    "Service": ["budgets.amazonaws.com", "cloudwatch.amazonaws.com"]
+                                },
+                                "Action": "SNS:Publish",
+                                "Resource": arn,
+                            }
+                        ],
+                    }
+                )
+            ),
+            opts=child,
+        )
+        for i, email in enumerate(s.alert_emails):
+            aws.sns.TopicSubscription(
+                f"{name}-alerts-email-{i}",
+                topic=topic.arn,
+                protocol="email",
+                endpoint=email,
+                opts=child,
+            )
+
+        subscribers = {"subscriber_sns_topic_arns": [topic.arn]}
+        if s.alert_emails:
+            subscribers["subscriber_email_addresses"] = list(s.alert_emails)
+        notifications = [
+            {
+                "comparison_operator": "GREATER_THAN",
+                "notification_type": "ACTUAL",
+                "threshold": threshold,
+                "threshold_type": "PERCENTAGE",
+                **subscribers,
+            }
+            for threshold in sorted(set(s.budget_thresholds))
+        ]
+        if s.budget_forecast_threshold is not None:
+            notifications.append(
+                {
+                    "comparison_operator": "GREATER_THAN",
+                    "notification_type": "FORECASTED",
+                    "threshold": s.budget_forecast_threshold,
+                    "threshold_type": "PERCENTAGE",
+                    **subscribers,
+                }
+            )
+        budget = aws.budgets.Budget(
+            f"{name}-budget",
+            name=f"{s.prefix}-monthly",
+            budget_type="COST",
+            limit_amount=f"{s.monthly_budget_usd:.2f}",
+            limit_unit="USD",
+            time_unit="MONTHLY",
+            notifications=notifications,
+            tags=tags(s, f"{s.prefix}-monthly"),
+            opts=child,
+        )
+        self.topic_arn = topic.arn
+        self.budget_name = budget.name
+
+        def alarm(
+            suffix: str,
+            description: str,
+            namespace: str,
+            metric: str,
+            dimensions: dict[str, pulumi.Input[str]],
+            statistic: str,
+            threshold: float,
+            periods: int = 1,
+        ) -> None:
+            aws.cloudwatch.MetricAlarm(
+                f"{name}-{suffix}",
+                name=f"{s.prefix}-{suffix}",
+                alarm_description=description,
+                namespace=namespace,
+                metric_name=metric,
+                dimensions=dimensions,
+                statistic=statistic,
+                period=300,
+                evaluation_periods=periods,
+                threshold=threshold,
+                comparison_operator="GreaterThanThreshold",
+                treat_missing_data="notBreaching",
+                alarm_actions=[topic.arn],
+                ok_actions=[topic.arn],
+                tags=tags(s, f"{s.prefix}-{suffix}"),
+                opts=child,
+            )
+
+        alb = {"LoadBalancer": args.alb_arn_suffix}
+        alarm(
+            "alb-5xx",
+            "Load balancer returned 5xx responses itself (no healthy target, timeouts)",
+            "AWS/ApplicationELB",
+            "HTTPCode_ELB_5XX_Count",
+            alb,
+            "Sum",
+            s.alarm_5xx_count,
+        )
+        alarm(
+            "target-5xx",
+            "Gateway pods returned 5xx responses",
+            "AWS/ApplicationELB",
+            "HTTPCode_Target_5XX_Count",
+            {**alb, "TargetGroup": args.target_group_arn_suffix},
+            "Sum",
+            s.alarm_5xx_count,
+        )
+        alarm(
+            "target-response-time",
+            "Average gateway response time is high",
+            "AWS/ApplicationELB",
+            "TargetResponseTime",
+            {**alb, "TargetGroup": args.target_group_arn_suffix},
+            "Average",
+            s.alarm_response_time_seconds,
+            periods=3,
+        )
+        for node_id in args.cache_member_ids:
+            cache = {"CacheClusterId": node_id}
+            alarm(
+                f"{node_id.removeprefix(s.prefix + '-')}-cpu",
+                f"Cache engine CPU high on {node_id}",
+                "AWS/ElastiCache",
+                "EngineCPUUtilization",
+                cache,
+                "Average",
+                s.alarm_cache_cpu_percent,
+                periods=3,
+            )
+            alarm(
+                f"{node_id.removeprefix(s.prefix + '-')}-memory",
+                f"Cache memory nearly full on {node_id}",
+                "AWS/ElastiCache",
+                "DatabaseMemoryUsagePercentage",
+                cache,
+                "Average",
+                s.alarm_cache_memory_percent,
+                periods=3,
+            )
+            alarm(
+                f"{node_id.removeprefix(s.prefix + '-')}-evictions",
+                f"Cache on {node_id} evicts heavily: it is too small for the working set",
+                "AWS/ElastiCache",
+                "Evictions",
+                cache,
+                "Sum",
+                EVICTIONS_PER_5_MIN,
+                periods=2,
+            )
+        self.register_outputs({"topicArn": topic.arn, "budgetName": budget.name})

@@ -1,0 +1,153 @@
+"""Secrets: a customer-managed KMS key, the three gateway secrets, and the app's IRSA role.
+
+Secret values are sent with write-only inputs (`secret_string_wo`), so Pulumi state never holds
+them; bump `liftoff:secretsVersion` to push a changed value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from infra.cluster import Cluster
+from infra.settings import StackSettings
+from infra.tags import tags
+
+APP_NAMESPACE = "liftoff"
+APP_SERVICE_ACCOUNT = "liftoff-gateway"
+# The gateway reads each secret at startup and on provider 401; nothing else.
+SECRET_READ_ACTIONS = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+
+
+@dataclass
+class SecretsArgs:
+    settings: StackSettings
+    cluster: Cluster
+
+
+class Secrets(pulumi.ComponentResource):
+    key_arn: pulumi.Output[str]
+    redis_auth_token: pulumi.Output[str]
+    upstream_api_key_arn: pulumi.Output[str]
+    redis_auth_token_arn: pulumi.Output[str]
+    client_keys_arn: pulumi.Output[str]
+    app_role_arn: pulumi.Output[str]
+
+    def __init__(self, name: str, args: SecretsArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("liftoff:index:Secrets", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+
+        key = aws.kms.Key(
+            f"{name}-key",
+            description=f"{s.prefix}: Secrets Manager secrets and cache data at rest",
+            enable_key_rotation=True,
+            deletion_window_in_days=30 if s.is_prod else 7,
+            tags=tags(s, f"{s.prefix}-data"),
+            opts=child,
+        )
+        aws.kms.Alias(
+            f"{name}-key-alias", name=f"alias/{s.prefix}-data", target_key_id=key.key_id, opts=child
+        )
+        self.key_arn = key.arn
+
+        # ElastiCache AUTH tokens: 16-128 printable chars, no '@', '"' or '/'.
+        redis_token = random.RandomPassword(
+            f"{name}-redis-auth-token",
+            length=64,
+            special=True,
+            override_special="!&#$^<>-",
+            opts=child,
+        )
+        self.redis_auth_token = pulumi.Output.secret(redis_token.result)
+
+        client_keys: pulumi.Input[str]
+        if s.client_keys is not None:
+            client_keys = pulumi.Output.secret(s.client_keys.get_secret_value())
+        else:
+            # No keys configured: one generated key, so the gateway never runs open.
+            generated = random.RandomPassword(
+                f"{name}-default-client-key", length=48, special=False, opts=child
+            )
+            client_keys = pulumi.Output.secret(
+                generated.result.apply(
+                    lambda k: json.dumps([{"name": "default", "key": f"lk-{k}", "admin": True}])
+                )
+            )
+        upstream_key = (
+            pulumi.Output.secret(s.llm_api_key.get_secret_value()) if s.llm_api_key else None
+        )
+        if upstream_key is None:
+            pulumi.log.warn(
+                "liftoff:llmApiKey is not set: the upstream API key secret is created empty. "
+                "Set it with `pulumi config set --secret liftoff:llmApiKey <key>` and run "
+                "`pulumi up` again.",
+                self,
+            )
+
+        secrets = {}
+        for slug, value, version, description in (
+            ("upstream-api-key", upstream_key, s.secrets_version, "Upstream LLM API key"),
+            ("redis-auth-token", self.redis_auth_token, 1, "ElastiCache AUTH token"),
+            ("client-keys", client_keys, s.secrets_version, "Gateway client keys (JSON list)"),
+        ):
+            secret = aws.secretsmanager.Secret(
+                f"{name}-{slug}",
+                name=f"{s.prefix}/{slug}",
+                description=f"{s.prefix}: {description}",
+                kms_key_id=key.arn,
+                recovery_window_in_days=30 if s.is_prod else 7,
+                tags=tags(s, f"{s.prefix}-{slug}"),
+                opts=child,
+            )
+            if value is not None:
+                aws.secretsmanager.SecretVersion(
+                    f"{name}-{slug}-version",
+                    secret_id=secret.id,
+                    secret_string_wo=value,
+                    secret_string_wo_version=version,
+                    opts=pulumi.ResourceOptions(parent=secret),
+                )
+            secrets[slug] = secret
+
+        self.upstream_api_key_arn = secrets["upstream-api-key"].arn
+        self.redis_auth_token_arn = secrets["redis-auth-token"].arn
+        self.client_keys_arn = secrets["client-keys"].arn
+        self.secret_arns = pulumi.Output.all(
+            upstreamApiKey=self.upstream_api_key_arn,
+            redisAuthToken=self.redis_auth_token_arn,
+            clientKeys=self.client_keys_arn,
+        )
+
+        policy = pulumi.Output.all([sec.arn for sec in secrets.values()], key.arn).apply(
+            lambda a: app_secrets_policy(a[0], a[1], s.region)
+        )
+        role = args.cluster.service_account_role(
+            f"{name}-app", APP_NAMESPACE, APP_SERVICE_ACCOUNT, policy
+        )
+        self.app_role_arn = role.arn
+        self.register_outputs({"secretArns": self.secret_arns, "appRoleArn": role.arn})
+
+
+def app_secrets_policy(secret_arns: list[str], key_arn: str, region: str) -> str:
+    """Read exactly these secrets, decrypt with exactly this key and only via Secrets Manager."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": SECRET_READ_ACTIONS, "Resource": sorted(secret_arns)},
+                {
+                    "Effect": "Allow",
+                    "Action": "kms:Decrypt",
+                    "Resource": key_arn,
+                    "Condition": {
+                        "StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}
+                    },
+                },
+            ],
+        }
+    )
