@@ -350,7 +350,7 @@ class SingleFlight:
         return await asyncio.shield(call)
 
     def _finished(self, key: Hashable, call: asyncio.Future[Any]) -> None:
+        # (No need to retrieve an exception here: asyncio.shield marks it retrieved for waiters
+        # that were cancelled, and the others receive it.)
         if self._calls.get(key) is call:
             del self._calls[key]
-        if not call.cancelled():
-            call.exception()  # mark retrieved: every waiter may have gone away
