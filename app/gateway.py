@@ -199,8 +199,8 @@ class Gateway:
         self.ready = False
         if self.batcher is not None:
             await self.batcher.close()
-        if self._after:
-            await asyncio.wait(set(self._after), timeout=5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout=5)
         if self.upstream is not None:
             await self.upstream.close()
         if self.redis is not None:
@@ -229,6 +229,11 @@ class Gateway:
         task = asyncio.ensure_future(coro)
         self._after.add(task)
         task.add_done_callback(self._after_done)
+
+    async def flush(self) -> None:
+        """Wait for the after-work scheduled so far (settlements, cache writes)."""
+        while self._after:
+            await asyncio.wait(set(self._after))
 
     def _after_done(self, task: asyncio.Task[None]) -> None:
         self._after.discard(task)
@@ -656,20 +661,37 @@ class Gateway:
         wanted = request.query_params.get("key")
         if wanted is not None and wanted != key.name:
             self.keys.require_admin(key)
-        if key.admin and wanted is None:
-            data = await self.limits.usage(None, month)
-            return json_response({"object": "usage", "month": month, "keys": data})
-        name = wanted or key.name
-        data = await self.limits.usage(name, month)
+        try:
+            if key.admin and wanted is None:
+                data = await self.limits.usage(None, month)
+                return json_response(
+                    {
+                        "object": "usage",
+                        "month": month,
+                        "keys": data.get("keys", {}),
+                        "global": data.get("global"),
+                        "global_monthly_budget_usd": self.config.budgets.global_monthly_usd,
+                    }
+                )
+            name = wanted or key.name
+            data = await self.limits.usage(name, month)
+        except BackendUnavailable:
+            raise StateUnavailable() from None
+        usage = data.get("keys", {}).get(name, {})
         policy = self.policies.get(name)
         budget = policy.monthly_budget_usd if policy else None
+        remaining = None
+        if budget is not None:
+            committed = usage.get("spent_usd", 0.0) + usage.get("reserved_usd", 0.0)
+            remaining = max(0.0, budget - committed)
         return json_response(
             {
                 "object": "usage",
                 "month": month,
                 "key": name,
                 "monthly_budget_usd": budget,
-                "usage": data,
+                "budget_remaining_usd": remaining,
+                "usage": usage,
             }
         )
 

@@ -1,0 +1,105 @@
+"""Helpers for the gateway tests: build a config from overrides, run the app in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import yaml
+
+from app.config import DEFAULTS_PATH, GatewayConfig
+from app.gateway import Gateway
+from app.server import create_app
+
+PROVIDER_KEY = "sk-provider-secret-0123456789abcdef"
+ALICE = "alice-key-0123456789abcdef"
+BOB = "bob-key-0123456789abcdef"
+ADMIN = "admin-key-0123456789abcdef"
+SIM_HEADERS = (
+    "x-simulator-fault",
+    "x-simulator-fail-times",
+    "x-simulator-request-key",
+    "x-simulator-retry-after-ms",
+    "x-simulator-ttft-ms",
+    "x-simulator-token-ms",
+)
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def make_config(
+    upstream_url: str | None, redis_url: str | None = None, **sections: Any
+) -> GatewayConfig:
+    tree = yaml.safe_load(DEFAULTS_PATH.read_text())
+    base = {
+        "upstream": {
+            "url": upstream_url,
+            "forward_headers": list(SIM_HEADERS),
+            "retry": {"base_s": 0.01, "cap_s": 2},
+        },
+        "redis": {"url": redis_url},
+        "batching": {"enabled": False},
+    }
+    tree = merge(merge(tree, base), sections)
+    return GatewayConfig.model_validate(tree)
+
+
+def client_keys_json(**extra: dict[str, Any]) -> str:
+    import orjson
+
+    keys = {
+        "alice": {"name": "alice", "key": ALICE},
+        "bob": {"name": "bob", "key": BOB},
+        "admin": {"name": "admin", "key": ADMIN, "admin": True},
+    }
+    for name, fields in extra.items():
+        keys[name] = {**keys.get(name, {"name": name}), **fields}
+    return orjson.dumps(list(keys.values())).decode()
+
+
+def auth(key: str = ALICE) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+@dataclass
+class Running:
+    gateway: Gateway
+    client: httpx.AsyncClient
+
+    async def chat(
+        self, key: str = ALICE, headers: Mapping[str, str] | None = None, **body: Any
+    ) -> httpx.Response:
+        payload = {"model": "fast", "messages": [{"role": "user", "content": "Say hello"}], **body}
+        return await self.client.post(
+            "/v1/chat/completions", json=payload, headers={**auth(key), **(headers or {})}
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(
+    config: GatewayConfig, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Running]:
+    environment = {
+        "LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY,
+        "LIFTOFF_CLIENT_KEYS": client_keys_json(),
+    }
+    environment.update(env or {})
+    app = create_app(config, {k: v for k, v in environment.items() if v is not None})
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gateway", timeout=30
+        ) as client:
+            yield Running(app.state.gateway, client)

@@ -1,0 +1,289 @@
+"""The gateway's routes end to end against the simulator: headers, cache, single flight, usage,
+admin invalidation, models, metrics, OpenAPI, moderation, user hashing, budgets and limits."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import orjson
+
+from tests.app.gateway_harness import (
+    ADMIN,
+    ALICE,
+    BOB,
+    PROVIDER_KEY,
+    auth,
+    client_keys_json,
+    make_config,
+    running,
+)
+
+DETERMINISTIC = {"temperature": 0}
+
+
+async def test_response_headers_and_openai_shape(simulator):
+    async with running(make_config(simulator.url)) as gw:
+        response = await gw.chat(headers={"x-request-id": "req-abc-123"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["model"] == "gpt-4o-mini-2024-07-18"  # alias "fast" resolved to the pinned version
+    headers = response.headers
+    assert headers["x-request-id"] == "req-abc-123"
+    assert headers["x-liftoff-cache"] == "bypass"  # temperature defaults to 1: not cached
+    assert float(headers["x-liftoff-overhead-ms"]) >= 0
+    for kind in ("requests", "tokens"):
+        for what in ("limit", "remaining", "reset"):
+            assert f"x-ratelimit-{what}-{kind}" in headers
+
+
+async def test_request_id_made_when_missing_or_unsafe(simulator):
+    async with running(make_config(simulator.url)) as gw:
+        made = await gw.chat()
+        unsafe = await gw.chat(headers={"x-request-id": "bad id\twith spaces"})
+    assert len(made.headers["x-request-id"]) == 32
+    assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
+
+
+async def test_deterministic_requests_are_cached_and_saved_cost_is_tracked(simulator):
+    async with running(make_config(simulator.url)) as gw:
+        first = await gw.chat(**DETERMINISTIC)
+        second = await gw.chat(**DETERMINISTIC)
+        other_max_tokens = await gw.chat(max_tokens=7, **DETERMINISTIC)
+        seeded = await gw.chat(seed=42)
+        seeded_again = await gw.chat(seed=42)
+        metrics = (await gw.client.get("/metrics")).text
+        await gw.gateway.flush()
+        usage = (await gw.client.get("/v1/usage", headers=auth())).json()
+    assert first.headers["x-liftoff-cache"] == "miss"
+    assert second.headers["x-liftoff-cache"] == "hit"
+    assert second.content == first.content
+    assert other_max_tokens.headers["x-liftoff-cache"] == "miss"  # max_tokens is in the key
+    assert seeded.headers["x-liftoff-cache"] == "miss"
+    assert seeded_again.headers["x-liftoff-cache"] == "hit"
+    assert 'liftoff_cache_results_total{result="hit"} 2.0' in metrics
+    assert "liftoff_cache_saved_usd_total" in metrics
+    assert usage["key"] == "alice"
+    assert usage["usage"]["cache_hits"] == 2
+    assert usage["usage"]["saved_usd"] > 0
+    assert usage["usage"]["requests"] == 5
+
+
+async def test_cache_directives_force_bypass_and_no_cache(simulator):
+    async with running(make_config(simulator.url)) as gw:
+        forced = await gw.chat(headers={"x-liftoff-cache": "force"})
+        forced_again = await gw.chat(headers={"x-liftoff-cache": "force"})
+        await gw.chat(**DETERMINISTIC)
+        bypass = await gw.chat(headers={"x-liftoff-cache": "bypass"}, **DETERMINISTIC)
+        no_cache = await gw.chat(headers={"cache-control": "no-cache"}, **DETERMINISTIC)
+    assert forced.headers["x-liftoff-cache"] == "miss"
+    assert forced_again.headers["x-liftoff-cache"] == "hit"
+    assert bypass.headers["x-liftoff-cache"] == "bypass"
+    assert no_cache.headers["x-liftoff-cache"] == "bypass"
+
+
+async def test_single_flight_makes_one_upstream_call_for_identical_requests(simulator):
+    simulator.app.reset()
+    async with running(make_config(simulator.url)) as gw:
+        headers = {"x-simulator-ttft-ms": "200"}
+        responses = await asyncio.gather(
+            *(gw.chat(headers=headers, **DETERMINISTIC) for _ in range(8))
+        )
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.content for r in responses}) == 1
+    assert simulator.app.stats.by_route["POST /v1/chat/completions"] == 1
+    assert sorted(r.headers["x-liftoff-cache"] for r in responses).count("miss") == 1
+
+
+async def test_admin_invalidation_by_model_and_all(simulator):
+    async with running(make_config(simulator.url)) as gw:
+        await gw.chat(**DETERMINISTIC)
+        assert (await gw.chat(**DETERMINISTIC)).headers["x-liftoff-cache"] == "hit"
+        denied = await gw.client.post("/admin/cache/invalidate", headers=auth(ALICE))
+        other = await gw.client.post(
+            "/admin/cache/invalidate", json={"model": "smart"}, headers=auth(ADMIN)
+        )
+        still = await gw.chat(**DETERMINISTIC)
+        done = await gw.client.post(
+            "/admin/cache/invalidate", json={"model": "fast"}, headers=auth(ADMIN)
+        )
+        after = await gw.chat(**DETERMINISTIC)
+        everything = await gw.client.post("/admin/cache/invalidate", headers=auth(ADMIN))
+        after_all = await gw.chat(**DETERMINISTIC)
+    assert denied.status_code == 403
+    assert denied.json()["error"]["type"] == "permission_error"
+    assert other.status_code == 200 and still.headers["x-liftoff-cache"] == "hit"
+    assert done.json()["model"] == "gpt-4o-mini-2024-07-18"
+    assert after.headers["x-liftoff-cache"] == "miss"
+    assert everything.status_code == 200 and after_all.headers["x-liftoff-cache"] == "miss"
+
+
+async def test_models_usage_health_metrics_and_openapi(simulator):
+    async with running(make_config(simulator.url)) as gw:
+        await gw.chat()
+        await gw.chat(key=BOB)
+        await gw.gateway.flush()
+        models = (await gw.client.get("/v1/models", headers=auth())).json()
+        one = await gw.client.get("/v1/models/smart", headers=auth())
+        missing = await gw.client.get("/v1/models/nope", headers=auth())
+        mine = (await gw.client.get("/v1/usage", headers=auth())).json()
+        other = await gw.client.get("/v1/usage?key=bob", headers=auth())
+        everyone = (await gw.client.get("/v1/usage", headers=auth(ADMIN))).json()
+        bad_month = await gw.client.get("/v1/usage?month=2024-13", headers=auth())
+        health = await gw.client.get("/healthz")
+        ready = await gw.client.get("/readyz")
+        metrics = await gw.client.get("/metrics")
+        openapi = (await gw.client.get("/openapi.json")).json()
+        unknown = await gw.client.get("/v2/nothing")
+        wrong_method = await gw.client.get("/v1/chat/completions")
+    ids = {m["id"] for m in models["data"]}
+    assert {"fast", "smart", "gpt-4o-mini-2024-07-18"} <= ids
+    assert one.json()["pinned"] == "gpt-4o-2024-08-06"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert mine["key"] == "alice" and mine["usage"]["spent_usd"] > 0
+    assert other.status_code == 403
+    assert {"alice", "bob"} <= set(everyone["keys"])
+    assert bad_month.status_code == 400
+    assert health.status_code == 200 and ready.status_code == 200
+    text = metrics.text
+    for name in (
+        "liftoff_requests_total",
+        "liftoff_request_duration_seconds",
+        "liftoff_tokens_total",
+        "liftoff_cost_usd_total",
+        "liftoff_upstream_in_flight",
+        "liftoff_circuit_state",
+    ):
+        assert name in text
+    assert (
+        'liftoff_requests_total{model="gpt-4o-mini-2024-07-18",route="chat",status="200"}' in text
+    )
+    assert set(openapi["paths"]) >= {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/usage",
+        "/admin/cache/invalidate",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    }
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_url"
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
+async def test_user_is_forwarded_as_stable_hash(simulator):
+    simulator.app.reset()
+    async with running(make_config(simulator.url)) as gw:
+        await gw.chat(user="user-42@example.com")
+        await gw.chat(user="user-42@example.com")
+    sent = [r["body"]["user"] for r in simulator.app.recent_requests()[-2:]]
+    assert sent[0] == sent[1]
+    assert "user-42" not in sent[0] and sent[0].startswith("u-")
+    expected = hashlib.sha256(b"alice\x00user-42@example.com").hexdigest()[:32]
+    assert sent[0] == "u-" + expected
+
+
+async def test_upstream_always_gets_the_resolved_model_and_clamped_max_tokens(simulator):
+    simulator.app.reset()
+    async with running(make_config(simulator.url)) as gw:
+        await gw.chat(model="smart", max_tokens=1_000_000)
+    sent = simulator.app.recent_requests()[-1]["body"]
+    assert sent["model"] == "gpt-4o-2024-08-06"
+    assert sent["max_tokens"] == 16384
+
+
+async def test_moderation_rejects_flagged_input_before_the_call(simulator):
+    simulator.app.reset()
+    config = make_config(simulator.url, upstream={"moderation": {"enabled": True}})
+    async with running(config) as gw:
+        flagged = await gw.chat(messages=[{"role": "user", "content": "please FLAG_ME now"}])
+        fine = await gw.chat()
+    assert flagged.status_code == 400
+    assert flagged.json()["error"]["code"] == "content_policy_violation"
+    assert fine.status_code == 200
+    routes = simulator.app.stats.by_route
+    assert routes["POST /v1/moderations"] == 2
+    assert routes["POST /v1/chat/completions"] == 1
+
+
+async def test_rate_limit_429_with_retry_after_and_openai_headers(simulator):
+    keys = client_keys_json(alice={"rpm": 2})
+    async with running(make_config(simulator.url), {"LIFTOFF_CLIENT_KEYS": keys}) as gw:
+        ok = [await gw.chat() for _ in range(2)]
+        limited = await gw.chat()
+        other_key = await gw.chat(key=BOB)
+        metrics = (await gw.client.get("/metrics")).text
+    assert [r.status_code for r in ok] == [200, 200]
+    assert limited.status_code == 429
+    error = limited.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests"
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+    assert limited.headers["x-ratelimit-limit-requests"] == "2"
+    assert other_key.status_code == 200
+    assert 'liftoff_rate_limit_rejections_total{reason="rate_limit_requests"} 1.0' in metrics
+
+
+async def test_budget_hard_limit_is_insufficient_quota_before_the_call(simulator):
+    simulator.app.reset()
+    keys = client_keys_json(alice={"monthly_budget_usd": 0.001})
+    async with running(make_config(simulator.url), {"LIFTOFF_CLIENT_KEYS": keys}) as gw:
+        # Worst case of smart with max_tokens 200: 200 * $10/1M = $0.002 > $0.001.
+        refused = await gw.chat(model="smart", max_tokens=200)
+        small = await gw.chat(model="fast", max_tokens=20)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["type"] == "insufficient_quota"
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    assert simulator.app.stats.by_route.get("POST /v1/chat/completions", 0) == 1
+    assert small.status_code == 200
+    remaining = float(small.headers["x-liftoff-budget-remaining"])
+    assert 0 < remaining < 0.001
+
+
+async def test_budget_soft_threshold_metric(simulator):
+    keys = client_keys_json(alice={"monthly_budget_usd": 0.0001})
+    config = make_config(simulator.url, budgets={"soft_fraction": 0.01})
+    async with running(config, {"LIFTOFF_CLIENT_KEYS": keys}) as gw:
+        await gw.chat(max_tokens=10)
+        await gw.chat(max_tokens=10)
+        metrics = (await gw.client.get("/metrics")).text
+    assert 'liftoff_budget_soft_threshold_total{key="alice"}' in metrics
+
+
+async def test_batching_merges_concurrent_single_prompt_completions(simulator):
+    simulator.app.reset()
+    config = make_config(simulator.url, batching={"enabled": True, "window_ms": 50})
+    async with running(config) as gw:
+
+        async def one(i: int):
+            return await gw.client.post(
+                "/v1/completions",
+                json={"model": "fast", "prompt": f"Prompt number {i}", "max_tokens": 8},
+                headers=auth(),
+            )
+
+        responses = await asyncio.gather(*(one(i) for i in range(10)))
+        metrics = (await gw.client.get("/metrics")).text
+    assert {r.status_code for r in responses} == {200}
+    for r in responses:
+        body = r.json()
+        assert [c["index"] for c in body["choices"]] == [0]
+        assert body["usage"]["prompt_tokens"] > 0
+    assert simulator.app.stats.completions_requests < 10
+    assert "liftoff_batch_size_count" in metrics
+
+
+async def test_error_bodies_never_leak_internals(simulator):
+    config = make_config(simulator.url, upstream={"retry": {"max_attempts": 1}})
+    async with running(config) as gw:
+        failed = await gw.chat(headers={"x-simulator-fault": "500"})
+        bad_key = await gw.chat(key="not-a-key")
+    assert failed.status_code == 502
+    for response in (failed, bad_key):
+        text = response.text
+        assert set(orjson.loads(text)["error"]) == {"message", "type", "param", "code"}
+        for secret in (PROVIDER_KEY, "127.0.0.1", "Traceback", "sha256", simulator.url):
+            assert secret not in text

@@ -1,0 +1,163 @@
+"""Streaming: chunks pass through, the usage chunk the gateway always requests is stripped unless
+the client asked for it, a broken stream ends in an error event (never a fake finish) and is not
+cached, and a cached answer replays as a stream."""
+
+from __future__ import annotations
+
+import orjson
+
+from app.streaming import StreamRelay, replay
+from tests.app.gateway_harness import auth, make_config, running
+
+
+def events(text: str) -> list[str]:
+    return [e[len("data: ") :] for e in text.split("\n\n") if e.startswith("data: ")]
+
+
+def chunks(text: str) -> list[dict]:
+    return [orjson.loads(e) for e in events(text) if e != "[DONE]"]
+
+
+async def stream_chat(gw, headers=None, **body):
+    payload = {
+        "model": "fast",
+        "messages": [{"role": "user", "content": "Tell me"}],
+        "stream": True,
+    }
+    payload.update(body)
+    return await gw.client.post(
+        "/v1/chat/completions", json=payload, headers={**auth(), **(headers or {})}
+    )
+
+
+async def test_usage_chunk_is_requested_upstream_and_stripped_for_the_client(simulator):
+    simulator.app.reset()
+    async with running(make_config(simulator.url)) as gw:
+        response = await stream_chat(gw, max_tokens=10)
+        await gw.gateway.flush()
+        usage = (await gw.client.get("/v1/usage", headers=auth())).json()["usage"]
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert events(response.text)[-1] == "[DONE]"
+    got = chunks(response.text)
+    assert all(c["choices"] for c in got)  # no usage-only chunk reached the client
+    assert got[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    sent = simulator.app.recent_requests()[-1]["body"]
+    assert sent["stream_options"] == {"include_usage": True}
+    # The stripped usage still settled the cost.
+    assert usage["completion_tokens"] > 0 and usage["cost_usd"] > 0
+
+
+async def test_usage_chunk_is_kept_when_the_client_asks(simulator):
+    async with running(make_config(simulator.url)) as gw:
+        response = await stream_chat(gw, stream_options={"include_usage": True})
+    got = chunks(response.text)
+    assert got[-1]["choices"] == []
+    assert got[-1]["usage"]["total_tokens"] > 0
+
+
+async def test_completions_stream(simulator):
+    async with running(make_config(simulator.url)) as gw:
+        response = await gw.client.post(
+            "/v1/completions",
+            json={"model": "fast", "prompt": "Once", "stream": True, "max_tokens": 6},
+            headers=auth(),
+        )
+    got = chunks(response.text)
+    assert got and all(c["object"] == "text_completion" for c in got)
+    assert events(response.text)[-1] == "[DONE]"
+
+
+async def test_interrupted_stream_ends_with_error_event_and_is_not_cached(simulator):
+    simulator.app.reset()
+    async with running(make_config(simulator.url)) as gw:
+        cut = await stream_chat(gw, headers={"x-simulator-fault": "cut"}, temperature=0)
+        whole = await stream_chat(gw, temperature=0)
+        again = await stream_chat(gw, temperature=0)
+        metrics = (await gw.client.get("/metrics")).text
+    cut_events = events(cut.text)
+    assert "[DONE]" not in cut_events
+    last = orjson.loads(cut_events[-1])
+    assert last["error"]["code"] == "stream_interrupted"
+    assert last["error"]["type"] == "server_error"
+    # No chunk before the error claims the answer finished.
+    assert all(
+        choice.get("finish_reason") is None
+        for chunk in (orjson.loads(e) for e in cut_events[:-1])
+        for choice in chunk["choices"]
+    )
+    # The broken stream was not cached: the next identical request went upstream.
+    assert whole.headers["x-liftoff-cache"] == "miss"
+    assert again.headers["x-liftoff-cache"] == "hit"
+    assert "liftoff_stream_interruptions_total" in metrics
+
+
+async def test_cached_answer_replays_as_stream_and_as_json(simulator):
+    simulator.app.reset()
+    async with running(make_config(simulator.url)) as gw:
+        plain = await gw.chat(temperature=0, messages=[{"role": "user", "content": "Tell me"}])
+        streamed = await stream_chat(gw, temperature=0, stream_options={"include_usage": True})
+    assert streamed.headers["x-liftoff-cache"] == "hit"
+    got = chunks(streamed.text)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in got if c["choices"])
+    assert text == plain.json()["choices"][0]["message"]["content"]
+    assert got[-1]["usage"] == plain.json()["usage"]
+    assert events(streamed.text)[-1] == "[DONE]"
+    assert simulator.app.stats.by_route["POST /v1/chat/completions"] == 1
+
+
+async def test_stream_is_cached_from_assembled_chunks(simulator):
+    simulator.app.reset()
+    async with running(make_config(simulator.url)) as gw:
+        streamed = await stream_chat(gw, temperature=0)
+        await gw.gateway.flush()
+        plain = await gw.chat(temperature=0, messages=[{"role": "user", "content": "Tell me"}])
+    assert plain.headers["x-liftoff-cache"] == "hit"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks(streamed.text))
+    assert plain.json()["choices"][0]["message"]["content"] == text
+
+
+async def test_upstream_error_before_first_byte_is_a_normal_error(simulator):
+    config = make_config(simulator.url, upstream={"retry": {"max_attempts": 1}})
+    async with running(config) as gw:
+        response = await stream_chat(gw, headers={"x-simulator-fault": "503"})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_error"
+
+
+def test_relay_drops_only_the_usage_chunk_and_keeps_order():
+    relay = StreamRelay("chat", client_wants_usage=False, keep_for_cache=True)
+    first = (
+        b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}'
+    )
+    final = b'data: {"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
+    usage = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}'
+    out = [relay.process(e) for e in (first, final, usage, b"data: [DONE]")]
+    assert out == [first + b"\n\n", final + b"\n\n", None, b"data: [DONE]\n\n"]
+    assert relay.usage == {"prompt_tokens": 3, "completion_tokens": 1}
+    answer = relay.assembled()
+    assert answer["choices"][0]["message"]["content"] == "Hi"
+    assert answer["choices"][0]["finish_reason"] == "stop"
+
+
+def test_relay_does_not_cache_tool_calls_or_unfinished_streams():
+    tools = StreamRelay("chat", client_wants_usage=False, keep_for_cache=True)
+    tools.process(b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"id":"t"}]}}]}')
+    assert tools.keep_for_cache is False
+    unfinished = StreamRelay("chat", client_wants_usage=False, keep_for_cache=True)
+    unfinished.process(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}')
+    assert unfinished.assembled() is None
+
+
+def test_replay_of_completions_with_usage():
+    response = {
+        "id": "cmpl-1",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "text": "hello", "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+    out = replay(response, "completions", include_usage=True)
+    assert out[-1] == b"data: [DONE]\n\n"
+    assert orjson.loads(out[-2][6:])["usage"]["total_tokens"] == 2
+    assert orjson.loads(out[0][6:])["choices"][0]["text"] == "hello"
