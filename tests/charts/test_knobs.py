@@ -169,6 +169,10 @@ def test_image_by_tag_defaults_to_app_version_and_digest_pins_it() -> None:
         image == f"{values['image']['repository']}:{values['image']['tag']}@{sample_values.DIGEST}"
     )
     assert render({"image": {"pullPolicy": "Always"}}).container["imagePullPolicy"] == "Always"
+    by_digest_only = render(
+        {"image": {"repository": "registry.example/gw", "digest": sample_values.DIGEST}}
+    )
+    assert by_digest_only.container["image"] == f"registry.example/gw@{sample_values.DIGEST}"
 
 
 def test_pdb_min_available_below_min_replicas() -> None:

@@ -42,13 +42,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* repository[:tag][@digest]; the tag defaults to the chart's appVersion. */}}
+{{/*
+repository:tag, repository:tag@digest or repository@digest. Without a digest the tag defaults to
+the chart's appVersion; with one, the digest alone decides what is pulled.
+*/}}
 {{- define "gateway.image" -}}
-{{- $tag := default .Chart.AppVersion .Values.image.tag }}
-{{- if .Values.image.digest }}
-{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- $v := .Values.image }}
+{{- if and $v.digest $v.tag }}
+{{- printf "%s:%s@%s" $v.repository $v.tag $v.digest }}
+{{- else if $v.digest }}
+{{- printf "%s@%s" $v.repository $v.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- printf "%s:%s" $v.repository (default .Chart.AppVersion $v.tag) }}
 {{- end }}
 {{- end }}
 
