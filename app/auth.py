@@ -78,10 +78,10 @@ def parse_client_keys(raw: str | None) -> list[ClientKey]:
         if (key is None) == (digest is None):
             raise ClientKeysError(f"{where}: give exactly one of 'key' or 'key_sha256'")
         if key is not None:
-            if not isinstance(key, str) or len(key) < 16:
-                raise ClientKeysError(f"{where}.key: must be a string of at least 16 characters")
             if key == DEV_KEY:
                 raise ClientKeysError(f"{where}.key: the development key may not be configured")
+            if not isinstance(key, str) or len(key) < 16:
+                raise ClientKeysError(f"{where}.key: must be a string of at least 16 characters")
             hashed = hash_key(key)
         else:
             if not isinstance(digest, str) or not _HEX64.match(digest.lower()):

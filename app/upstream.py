@@ -400,6 +400,8 @@ class UpstreamClient:
                     "retrying upstream",
                     extra={"model": model, "reason": retry.reason, "delay_s": round(delay, 3)},
                 )
+                # Backing off is waiting on the provider, not the gateway's own overhead.
+                stats.upstream_s += delay
                 await asyncio.sleep(delay)
 
     def _classify(

@@ -1,0 +1,220 @@
+"""The provider client: rate-limit header parsing, backoff with full jitter, retries that honour
+Retry-After, the circuit breaker, fallbacks, the per-model concurrency cap and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from app.config import UpstreamConfig, load_config
+from app.metrics import Metrics
+from app.upstream import CircuitBreaker, UpstreamClient, parse_duration, retry_hint
+from tests.app.gateway_harness import make_config, running
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("2.5", 2.5), ("0s", 0.0)],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "1x", "s1"])
+def test_parse_duration_rejects_garbage(text):
+    assert parse_duration(text) is None
+
+
+def test_retry_hint_sources():
+    assert retry_hint({"retry-after-ms": "250", "retry-after": "9"}) == pytest.approx(0.25)
+    assert retry_hint({"retry-after": "3"}) == 3.0
+    date = "Wed, 21 Oct 2015 07:28:05 GMT"
+    assert retry_hint({"retry-after": date}, now=1445412480.0) == pytest.approx(5.0)
+    exhausted_tokens = {
+        "x-ratelimit-remaining-requests": "10",
+        "x-ratelimit-reset-requests": "20ms",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "1.5s",
+    }
+    assert retry_hint(exhausted_tokens) == pytest.approx(1.5)
+    assert retry_hint({"x-ratelimit-reset-requests": "20ms"}) == pytest.approx(0.02)
+    assert retry_hint({}) is None
+
+
+def _client(rng) -> UpstreamClient:
+    config = load_config(env={})
+    upstream = UpstreamConfig(retry={"max_attempts": 5, "base_s": 0.5, "cap_s": 4})
+    return UpstreamClient(
+        "http://127.0.0.1:9", upstream, config.models, Metrics(), lambda: None, _never, rng=rng
+    )
+
+
+async def _never() -> bool:
+    return False
+
+
+def test_backoff_is_full_jitter_capped_and_honours_hints():
+    top = _client(lambda: 1.0)
+    assert [top.backoff(a, None) for a in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    bottom = _client(lambda: 0.0)
+    assert bottom.backoff(3, None) == 0.0
+    assert top.backoff(0, 1.25) == 1.25  # the provider's hint wins over jitter
+    assert top.backoff(0, 30.0) is None  # longer than cap_s: hand the wait to the client
+
+
+def test_breaker_state_machine():
+    now = [0.0]
+    changes: list[tuple[str, str]] = []
+    breaker = CircuitBreaker("m", 2, 10.0, lambda m, s: changes.append((m, s)), lambda: now[0])
+    breaker.before_call()
+    breaker.failure()
+    breaker.before_call()
+    breaker.failure()
+    assert breaker.state == "open"
+    with pytest.raises(Exception, match="m"):
+        breaker.before_call()
+    now[0] = 11.0
+    breaker.before_call()  # the probe
+    assert breaker.state == "half_open"
+    with pytest.raises(Exception, match="m"):
+        breaker.before_call()  # only one probe at a time
+    breaker.failure()
+    assert breaker.state == "open"
+    now[0] = 22.0
+    breaker.before_call()
+    breaker.success()
+    assert breaker.state == "closed"
+    assert [s for _, s in changes] == ["open", "half_open", "open", "half_open", "closed"]
+
+
+def fault(kind: str, times: int, retry_after_ms: int | None = None) -> dict[str, str]:
+    headers = {
+        "x-simulator-fault": kind,
+        "x-simulator-fail-times": str(times),
+        "x-simulator-request-key": uuid.uuid4().hex,
+    }
+    if retry_after_ms is not None:
+        headers["x-simulator-retry-after-ms"] = str(retry_after_ms)
+    return headers
+
+
+async def test_retry_honours_retry_after_of_a_429(simulator):
+    async with running(make_config(simulator.url)) as gw:
+        started = time.perf_counter()
+        response = await gw.chat(headers=fault("429", 1, retry_after_ms=400))
+        elapsed = time.perf_counter() - started
+        metrics = (await gw.client.get("/metrics")).text
+    assert response.status_code == 200
+    assert elapsed >= 0.4
+    assert (
+        'liftoff_upstream_retries_total{model="gpt-4o-mini-2024-07-18",reason="429"} 1.0' in metrics
+    )
+    # The provider's wait is not the gateway's overhead.
+    assert float(response.headers["x-liftoff-overhead-ms"]) < 100
+
+
+async def test_retry_after_longer_than_cap_is_passed_to_the_client(simulator):
+    simulator.app.reset()
+    config = make_config(simulator.url, upstream={"retry": {"cap_s": 1}})
+    async with running(config) as gw:
+        response = await gw.chat(headers=fault("429", 5, retry_after_ms=5000))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert simulator.app.stats.by_route["POST /v1/chat/completions"] == 1
+
+
+@pytest.mark.parametrize("kind", ["500", "502", "503", "504"])
+async def test_server_errors_are_retried_with_backoff(simulator, kind):
+    async with running(make_config(simulator.url)) as gw:
+        response = await gw.chat(headers=fault(kind, 2))
+        metrics = (await gw.client.get("/metrics")).text
+    assert response.status_code == 200
+    assert f'reason="{kind}"}} 2.0' in metrics
+
+
+async def test_attempts_are_bounded(simulator):
+    simulator.app.reset()
+    config = make_config(simulator.url, upstream={"retry": {"max_attempts": 3}})
+    async with running(config) as gw:
+        response = await gw.chat(headers=fault("503", 10))
+    assert response.status_code == 502
+    assert simulator.app.stats.by_route["POST /v1/chat/completions"] == 3
+
+
+async def test_read_timeout_is_retried(simulator):
+    config = make_config(simulator.url, upstream={"timeout_read_s": 0.3})
+    async with running(config) as gw:
+        response = await gw.chat(headers=fault("timeout", 1))
+        always = await gw.chat(headers=fault("timeout", 10))
+    assert response.status_code == 200
+    assert always.status_code == 504
+    assert always.json()["error"]["code"] == "upstream_timeout"
+
+
+async def test_breaker_opens_fails_fast_and_recovers(simulator):
+    simulator.app.reset()
+    config = make_config(
+        simulator.url,
+        upstream={
+            "retry": {"max_attempts": 1},
+            "breaker": {"failure_threshold": 2, "reset_after_s": 0.5},
+        },
+    )
+    async with running(config) as gw:
+        failures = [await gw.chat(headers={"x-simulator-fault": "500"}) for _ in range(2)]
+        fast = await gw.chat()
+        state_open = (await gw.client.get("/metrics")).text
+        await asyncio.sleep(0.6)
+        probe = await gw.chat()
+        after = await gw.chat()
+        state_closed = (await gw.client.get("/metrics")).text
+    assert [r.status_code for r in failures] == [502, 502]
+    assert fast.status_code == 503
+    assert fast.json()["error"]["code"] == "upstream_unavailable"
+    assert "retry-after" in fast.headers
+    assert 'liftoff_circuit_state{model="gpt-4o-mini-2024-07-18"} 2.0' in state_open
+    assert probe.status_code == 200 and after.status_code == 200
+    assert 'liftoff_circuit_state{model="gpt-4o-mini-2024-07-18"} 0.0' in state_closed
+    # The fail-fast answer never reached the provider.
+    assert simulator.app.stats.by_route["POST /v1/chat/completions"] == 4
+
+
+async def test_fallback_model_serves_when_the_primary_fails(simulator):
+    config = make_config(simulator.url, upstream={"retry": {"max_attempts": 1}})
+    async with running(config) as gw:
+        response = await gw.chat(model="smart", headers=fault("503", 1))
+        metrics = (await gw.client.get("/metrics")).text
+    assert response.status_code == 200
+    assert response.json()["model"] == "gpt-4o-mini-2024-07-18"
+    assert "liftoff_upstream_fallbacks_total" in metrics
+
+
+async def test_per_model_concurrency_cap(simulator):
+    simulator.app.reset()
+    config = make_config(simulator.url, upstream={"max_concurrency_per_model": 2})
+    async with running(config) as gw:
+        slow = {"x-simulator-ttft-ms": "100"}
+        responses = await asyncio.gather(*(gw.chat(headers=slow) for _ in range(6)))
+    assert {r.status_code for r in responses} == {200}
+    assert simulator.app.stats.max_in_flight <= 2
+
+
+async def test_provider_401_without_secret_arn_is_a_502_not_a_client_401(simulator):
+    async with running(
+        make_config(simulator.url), {"LIFTOFF_UPSTREAM_API_KEY": "sk-sim-revoked"}
+    ) as gw:
+        response = await gw.chat()
+    assert response.status_code == 502
+    assert "sk-sim-revoked" not in response.text
+
+
+async def test_unreachable_provider(simulator):
+    config = make_config("http://127.0.0.1:9", upstream={"retry": {"max_attempts": 2}})
+    async with running(config) as gw:
+        response = await gw.chat()
+    assert response.status_code == 502
+    assert "127.0.0.1" not in response.text
