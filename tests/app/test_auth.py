@@ -42,7 +42,8 @@ def test_key_sha256_entries_authenticate():
         ('[{"name": "a", "key": "0123456789abcdefgh", "admin": "yes"}]', "admin: must be true"),
         ('[{"name": "a", "key": "0123456789abcdefgh", "colour": 1}]', "unknown field"),
         (
-            '[{"name": "a", "key": "0123456789abcdefgh"}, {"name": "a", "key": "0123456789abcdefgx"}]',
+            '[{"name": "a", "key": "0123456789abcdefgh"}, '
+            '{"name": "a", "key": "0123456789abcdefgx"}]',
             "duplicate name",
         ),
         (f'[{{"name": "a", "key": "{DEV_KEY}"}}]', "development key"),
