@@ -372,9 +372,6 @@ def _secret_paths(value: struct_pb2.Value, path: str) -> set[str]:
     return set()
 
 
-SECRET_PLACEHOLDER = "[secret]"
-
-
 def _plain(value: Any) -> Any:
     """Protobuf numbers arrive as floats: give whole numbers back their int type."""
     if isinstance(value, float) and value.is_integer():
@@ -386,20 +383,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-def _mask_secrets(inputs: dict[str, Any], secret_paths: set[str]) -> dict[str, Any]:
-    """Replace every secret input value by a placeholder, so records are safe to print."""
-    for path in secret_paths:
-        keys = [
-            int(part) if part.isdigit() else part
-            for part in path.replace("[", ".").replace("]", "").split(".")
-        ]
-        node: Any = inputs
-        for key in keys[:-1]:
-            node = node[key]
-        node[keys[-1]] = SECRET_PLACEHOLDER
-    return inputs
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -416,7 +399,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         secret_inputs: set[str] = set()
         for key, value in request.object.fields.items():
             secret_inputs |= _secret_paths(value, key)
-        inputs = _mask_secrets(_plain(rpc.deserialize_properties(request.object)), secret_inputs)
+        # Plaintext stays in memory only; consumers redact `secret_inputs` before printing.
+        inputs = _plain(rpc.deserialize_properties(request.object))
         implicit = {urn for deps in request.propertyDependencies.values() for urn in deps.urns}
         all_deps = list(request.dependencies)
         self.recorded.append(

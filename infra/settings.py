@@ -343,10 +343,10 @@ class StackSettings(BaseModel):
     gateway_workers: int = _setting(
         1, "an integer 1-16", "Gateway worker processes per pod.", alias="gatewayWorkers"
     )
-    upstream_url: str | None = _setting(
-        None,
+    upstream_url: str = _setting(
+        "https://api.openai.com/v1",
         "an https:// URL",
-        "OpenAI-compatible upstream base URL (unset: the gateway's default provider).",
+        "OpenAI-compatible upstream base URL the gateway forwards to.",
         alias="upstreamUrl",
         pattern=r"^https://[^\s]+$",
     )
@@ -634,6 +634,12 @@ def _cross_field_problems(v: dict[str, Any], raw: dict[str, Any]) -> list[str]:
                 "node_desired_size",
                 f"must be between liftoff:nodeMinSize ({lo}) and liftoff:nodeMaxSize ({hi})",
             )
+    if v.get("vpa_mode", "Off") != "Off" and v.get("hpa_memory_target") is not None:
+        fail(
+            "hpa_memory_target",
+            "unset while liftoff:vpaMode is not Off (the VPA controls memory; HPA and VPA "
+            "must not act on the same resource)",
+        )
     if v.get("node_instance_types") and len({is_arm(t) for t in v["node_instance_types"]}) > 1:
         fail("node_instance_types", "instance types of one architecture (all Graviton or none)")
     if (
@@ -836,9 +842,12 @@ def reference_markdown() -> str:
     ]
     for name, info in _FIELDS.items():
         type_text = re.sub(r"typing\.|<class '(\w+)'>", r"\1", str(info.annotation))
-        type_text = type_text.replace("pydantic.types.", "").replace("|", "\\|")
-        if type_text.startswith("Literal"):
-            type_text = "enum"
+        type_text = re.sub(r"Literal\[[^\]]*\]", "enum", type_text)
+        type_text = (
+            type_text.replace("pydantic.types.", "")
+            .replace("SecretStr", "secret str")
+            .replace("|", "\\|")
+        )
         row = [
             f"`{config_key(name)}`",
             type_text,
