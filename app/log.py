@@ -53,3 +53,6 @@ def setup_logging(level: str = "INFO") -> None:
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # the gateway writes its own access log
+    # These log request/response bodies at DEBUG (Secrets Manager answers included): never.
+    for chatty in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -22,7 +22,7 @@ REDIS_AUTH_TOKEN = "REDIS_AUTH_TOKEN"
 CLIENT_KEYS = "CLIENT_KEYS"
 NAMES = (UPSTREAM_API_KEY, REDIS_AUTH_TOKEN, CLIENT_KEYS)
 
-# A burst of 401s triggers one fetch, then at most one more per this many seconds.
+# A burst of 401s triggers one refresh, then at most one more per this many seconds.
 MIN_REFRESH_INTERVAL_S = 5.0
 
 
@@ -104,10 +104,8 @@ class SecretStore:
         """Fetch every ARN-backed secret (in worker threads, concurrently)."""
         refs = [r for r in self._refs.values() if r.arn]
         values = await asyncio.gather(*(asyncio.to_thread(self._fetch, r) for r in refs))
-        now = time.monotonic()
         for ref, value in zip(refs, values, strict=True):
             self._values[ref.name] = value
-            self._fetched_at[ref.name] = now
             log.info("secret resolved", extra={"secret": ref.name, "source": ref.source})
 
     async def refresh(self, name: str) -> bool:
