@@ -51,7 +51,11 @@ def is_batchable(params: dict[str, Any], prompt: object) -> bool:
 
 
 def canonical_params(params: dict[str, Any]) -> bytes:
-    """Parameters as a stable key: same values in any order give the same bytes."""
+    """Parameters as a stable key: same values in any order give the same bytes.
+
+    Every field counts, `user` included: prompts of different end users never share a provider
+    request, so the provider's abuse monitoring still sees who asked what.
+    """
     return orjson.dumps(
         {k: v for k, v in params.items() if k not in _NOT_PARAMS and v is not None},
         option=orjson.OPT_SORT_KEYS,

@@ -306,14 +306,14 @@ async def test_short_upstream_answer_is_an_error_not_a_wrong_split():
 
 
 async def test_open_batches_are_bounded(upstream):
-    batcher = CompletionBatcher(window_ms=200, max_batch=20, send=upstream, max_open_batches=2)
+    batcher = CompletionBatcher(window_ms=1000, max_batch=20, send=upstream, max_open_batches=2)
     first = asyncio.create_task(batcher.submit(MODEL, {"max_tokens": 1}, "a"))
     second = asyncio.create_task(batcher.submit(MODEL, {"max_tokens": 2}, "b"))
     await asyncio.sleep(0.01)
     assert batcher.stats()["open_batches"] == 2
     started = time.perf_counter()
     overflow = await batcher.submit(MODEL, {"max_tokens": 4}, "d")
-    assert time.perf_counter() - started < 0.15  # sent alone, not parked
+    assert time.perf_counter() - started < 0.5  # sent alone, not parked for the 1 s window
     assert overflow["choices"]
     await asyncio.gather(first, second)
     assert sorted(upstream.calls) == [["a"], ["b"], ["d"]]

@@ -348,10 +348,8 @@ async def test_401_fault(client):
 async def test_timeout_fault_outlasts_client_read_timeout(make_simulator):
     server = make_simulator(timeout_fault_s=0.5)
     async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as client:
-        started = time.perf_counter()
         with pytest.raises(httpx.ReadTimeout):
             await chat(client, headers={"x-simulator-fault": "timeout"}, timeout=0.2)
-        assert time.perf_counter() - started < 0.45
         # A client that waits long enough sees the provider give up with a 504.
         late = await chat(client, headers={"x-simulator-fault": "timeout"}, timeout=5)
     assert late.status_code == 504
