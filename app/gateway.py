@@ -80,6 +80,7 @@ class Ctx:
     stats: CallStats = field(default_factory=CallStats)
     waited_s: float = 0.0  # time spent waiting on other requests (single flight, batch window)
     fixed_overhead_ms: float | None = None  # streams: measured when the headers went out
+    log: dict[str, Any] = field(default_factory=dict)  # extra access-log fields
 
     def overhead_ms(self, now: float | None = None) -> float:
         if self.fixed_overhead_ms is not None:
@@ -285,6 +286,7 @@ class Gateway:
                 "attempts": ctx.stats.attempts,
                 "cache": ctx.cache,
             }
+            fields.update(ctx.log)
             if extra:
                 fields.update(extra)
             access.info("request", extra=fields)
@@ -388,6 +390,8 @@ class Gateway:
             validate_chat(body, models) if kind == "chat" else validate_completions(body, models)
         )
         ctx.model = parsed.model
+        if self.config.server.log_prompts:
+            ctx.log["prompt"] = body.get("messages") if kind == "chat" else parsed.prompts
         prompt_tokens, total_prompt = await self.count_prompt(parsed, size)
         apply_token_limits(parsed, prompt_tokens, models.max_tokens_policy)
         body["model"] = parsed.model
@@ -473,6 +477,7 @@ class Gateway:
         self.metrics.cache_saved_tokens.labels(parsed.model).inc(prompt + completion)
         self.metrics.cache_saved_usd.labels(parsed.model).inc(saved)
         ctx.headers["x-liftoff-cache"] = "hit"
+        self._log_completion(ctx, response)
         if parsed.stream:
             events = replay(response, parsed.kind, parsed.include_usage)
             return self._sse_response(iter_list(events), ctx, stream_model=model)
@@ -550,7 +555,16 @@ class Gateway:
                 self.after(self.limits.settle(reservation, 0.0, prompt, completion, True, saved))
             self.metrics.cache_saved_usd.labels(parsed.model).inc(saved)
         ctx.headers["x-liftoff-cache"] = ctx.cache or "bypass"
+        self._log_completion(ctx, response)
         return Response(data, 200, media_type="application/json")
+
+    def _log_completion(self, ctx: Ctx, response: dict[str, Any]) -> None:
+        if not self.config.server.log_prompts:
+            return
+        ctx.log["completion"] = [
+            (c.get("message") or {}).get("content") if "message" in c else c.get("text")
+            for c in response.get("choices") or []
+        ]
 
     def _count_usage(self, model: str, prompt: int, completion: int, cost: float) -> None:
         m = self.metrics
@@ -573,7 +587,9 @@ class Gateway:
         stream = await self.upstream.open_stream(
             path, upstream_body, parsed.model, ctx.stats, self.forward_headers(request)
         )
-        relay = StreamRelay(parsed.kind, parsed.include_usage, keep_for_cache=cache_key is not None)
+        # The relay assembles the answer for the cache, and for the log when prompts are logged.
+        assemble = cache_key is not None or self.config.server.log_prompts
+        relay = StreamRelay(parsed.kind, parsed.include_usage, keep_for_cache=assemble)
         ctx.headers["x-liftoff-cache"] = ctx.cache or "bypass"
         gateway = self
 
@@ -629,10 +645,11 @@ class Gateway:
         if reservation is not None:
             self.after(self.limits.settle(reservation, cost, prompt, completion))
         self._count_usage(served_by, prompt, completion, cost)
-        if outcome == "complete" and cache_key is not None:
-            answer = relay.assembled()
-            if answer is not None:
+        answer = relay.assembled() if outcome == "complete" else None
+        if answer is not None:
+            if cache_key is not None:
                 self.after(self.cache.set(cache_key, orjson.dumps(answer)))
+            self._log_completion(ctx, answer)
         status = 200 if outcome == "complete" else 499 if outcome == "client_gone" else 502
         self.record(ctx, status, "POST", {"stream": outcome})
 

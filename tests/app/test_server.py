@@ -287,3 +287,29 @@ async def test_error_bodies_never_leak_internals(simulator):
         assert set(orjson.loads(text)["error"]) == {"message", "type", "param", "code"}
         for secret in (PROVIDER_KEY, "127.0.0.1", "Traceback", "sha256", simulator.url):
             assert secret not in text
+
+
+async def test_prompts_and_completions_are_logged_only_when_enabled(simulator, caplog):
+    caplog.set_level("INFO")
+    secret_prompt = "my-private-prompt-4711"
+
+    def logged() -> str:
+        return "\n".join(str(r.__dict__) for r in caplog.records)
+
+    async with running(make_config(simulator.url)) as gw:
+        await gw.chat(messages=[{"role": "user", "content": secret_prompt}])
+    assert secret_prompt not in logged()
+    assert "liftoff.access" in logged()
+    caplog.clear()
+    async with running(make_config(simulator.url, server={"log_prompts": True})) as gw:
+        response = await gw.chat(messages=[{"role": "user", "content": secret_prompt}])
+        streamed = await gw.client.post(
+            "/v1/chat/completions",
+            json={"model": "fast", "stream": True, "messages": [{"role": "user", "content": "s"}]},
+            headers=auth(),
+        )
+    assert streamed.status_code == 200
+    assert secret_prompt in logged()
+    assert response.json()["choices"][0]["message"]["content"] in logged()
+    access = [r for r in caplog.records if r.name == "liftoff.access"]
+    assert any(getattr(r, "completion", None) for r in access if getattr(r, "stream", None))
