@@ -88,6 +88,9 @@ def test_env_contract() -> None:
     assert env["LIFTOFF__SERVER__GRACEFUL_SHUTDOWN_S"] == "120"
     assert env["LIFTOFF_WORKERS"] == "1"
     assert env["AWS_REGION"] == sample_values.REGION
+    assert env["FORWARDED_ALLOW_IPS"] == "10.42.0.0/16", (
+        "trust proxy headers from the ALB's network"
+    )
     assert env["LIFTOFF_REDIS_URL"] == sample_values.REDIS_URL
     assert (
         env["LIFTOFF_UPSTREAM_API_KEY_SECRET_ARN"] == sample_values.SECRET_ARNS["upstreamApiKeyArn"]
