@@ -13,10 +13,12 @@ figures and soft thresholds are computed by one piece of code.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -30,6 +32,8 @@ from app.redis_backend import (
     register_script,
     unavailable_on_error,
 )
+
+logger = logging.getLogger(__name__)
 
 PERIOD_S = 60.0  # rpm and tpm are per minute
 # Tolerance for float rounding at the exact boundary (the Lua side stores times to the microsecond).
@@ -662,7 +666,9 @@ class ResilientLimitStore:
     "open": admit everything (limits and budgets off until Redis is back);
     "closed": raise BackendUnavailable (the server answers 503).
     Redis is skipped for a back-off period after a failure and probed to recover (BackendHealth).
-    Settlements of reservations made by one store go back to that store.
+    Settlements of reservations made by one store go back to that store; those that Redis could
+    not take are kept (bounded) and replayed once it answers again, so that reservations made
+    before an outage do not stay held against the budgets.
     """
 
     def __init__(
@@ -671,6 +677,7 @@ class ResilientLimitStore:
         fallback: LimitStore,
         mode: FailureMode,
         health: BackendHealth | None = None,
+        max_pending: int = 10_000,
     ) -> None:
         if mode not in ("local", "open", "closed"):
             raise ValueError(f"mode must be one of local, open, closed; got {mode!r}")
@@ -679,11 +686,18 @@ class ResilientLimitStore:
         self.mode = mode
         self.health = health or BackendHealth()
         self.degraded_decisions_total = 0
-        self.lost_settlements_total = 0
+        self.lost_settlements_total = 0  # dropped because the replay queue was full
+        self._pending: deque[Callable[[], Awaitable[None]]] = deque()
+        self._max_pending = max_pending
+        self._replay: asyncio.Task[None] | None = None
 
     @property
     def state(self) -> str:
         return self.health.state
+
+    @property
+    def pending_settlements(self) -> int:
+        return len(self._pending)
 
     async def admit(
         self,
@@ -696,10 +710,14 @@ class ResilientLimitStore:
     ) -> Admission:
         args = (policy, model, tokens, worst_case_usd, global_budget_usd, soft_fraction)
         try:
-            return await self.health.call(lambda: self.primary.admit(*args))
+            admission = await self.health.call(lambda: self.primary.admit(*args))
         except BackendUnavailable:
             if self.mode == "closed":
                 raise
+        else:
+            if self._pending:
+                self._start_replay()
+            return admission
         self.degraded_decisions_total += 1
         if self.mode == "local":
             return await self.fallback.admit(*args)
@@ -713,9 +731,6 @@ class ResilientLimitStore:
             reservation=None,
         )
 
-    def _store_for(self, reservation: Reservation) -> LimitStore:
-        return self.fallback if reservation.owner is self.fallback else self.primary
-
     async def settle(
         self,
         reservation: Reservation,
@@ -725,31 +740,45 @@ class ResilientLimitStore:
         cached: bool = False,
         saved_usd: float = 0.0,
     ) -> None:
-        store = self._store_for(reservation)
         args = (reservation, actual_usd, prompt_tokens, completion_tokens, cached, saved_usd)
-        if store is self.fallback:
-            await store.settle(*args)
-            return
-        try:
-            await self.health.call(lambda: store.settle(*args))
-        except BackendUnavailable:
-            # The reservation stays held in Redis until the month's keys expire; counted so that
-            # operators can see accounting lost to the outage.
-            self.lost_settlements_total += 1
+        if reservation.owner is self.fallback:
+            await self.fallback.settle(*args)
+        else:
+            await self._to_primary(lambda: self.primary.settle(*args))
 
     async def release(self, reservation: Reservation) -> None:
-        store = self._store_for(reservation)
-        if store is self.fallback:
-            await store.release(reservation)
-            return
-        try:
-            await self.health.call(lambda: store.release(reservation))
-        except BackendUnavailable:
-            self.lost_settlements_total += 1
+        if reservation.owner is self.fallback:
+            await self.fallback.release(reservation)
+        else:
+            await self._to_primary(lambda: self.primary.release(reservation))
 
     async def usage(self, key_id: str | None, month: str) -> dict:
         """Usage from Redis; raises BackendUnavailable while it is down (no partial answers)."""
         return await self.health.call(lambda: self.primary.usage(key_id, month))
+
+    async def _to_primary(self, operation: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await self.health.call(operation)
+        except BackendUnavailable:
+            if len(self._pending) >= self._max_pending:
+                self._pending.popleft()
+                self.lost_settlements_total += 1
+            self._pending.append(operation)
+
+    def _start_replay(self) -> None:
+        if self._replay is None or self._replay.done():
+            self._replay = asyncio.create_task(self._replay_pending())
+
+    async def _replay_pending(self) -> None:
+        while self._pending:
+            operation = self._pending[0]
+            try:
+                await self.health.call(operation)
+            except BackendUnavailable:
+                return  # down again: the next successful admit resumes
+            except Exception:
+                logger.exception("dropping a settlement that failed on replay")
+            self._pending.popleft()
 
 
 __all__ = [

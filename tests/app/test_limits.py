@@ -494,9 +494,9 @@ async def test_local_mode_falls_back_to_the_process_and_recovers(
     await store.settle(during[0].reservation, 0.05, prompt_tokens=5, completion_tokens=5)
     month = during[0].reservation.month
     assert (await fallback.usage("k", month))["keys"]["k"]["spent_usd"] == pytest.approx(0.05)
-    # A reservation made in Redis before the outage cannot be settled now: counted, not raised.
+    # A reservation made in Redis before the outage cannot be settled now: kept for replay.
     await store.settle(before.reservation, 0.05, prompt_tokens=5, completion_tokens=5)
-    assert store.lost_settlements_total == 1
+    assert store.pending_settlements == 1
     with pytest.raises(BackendUnavailable):
         await store.usage("k", month)
 
@@ -504,6 +504,28 @@ async def test_local_mode_falls_back_to_the_process_and_recovers(
     after = await wait_until_recovered(store, policy)
     assert after.reservation.owner is primary
     assert store.health.recoveries_total == 1
+    for _ in range(100):  # the replay runs in the background after the first good decision
+        if not store.pending_settlements:
+            break
+        await asyncio.sleep(0.01)
+    assert store.pending_settlements == 0 and store.lost_settlements_total == 0
+    replayed = (await store.usage("k", month))["keys"]["k"]
+    assert replayed["spent_usd"] == pytest.approx(0.05) and replayed["requests"] == 1
+    await redis.aclose()
+
+
+async def test_settlements_waiting_for_redis_are_bounded(redis_server, redis_url: str) -> None:
+    redis = create_redis(redis_url)
+    store = ResilientLimitStore(
+        RedisLimitStore(redis), MemoryLimitStore(), "local", fast_health(), max_pending=2
+    )
+    policy = KeyPolicy("k", monthly_budget_usd=1.0)
+    held = [await admit(store, policy, worst_case_usd=0.1) for _ in range(3)]
+    redis_server.stop()
+    for admission in held:
+        await store.release(admission.reservation)
+    assert (store.pending_settlements, store.lost_settlements_total) == (2, 1)
+    redis_server.start()
     await redis.aclose()
 
 
@@ -526,7 +548,9 @@ async def test_open_mode_admits_everything_while_redis_is_down(
 
 async def test_closed_mode_refuses_while_redis_is_down(redis_server, redis_url: str) -> None:
     redis = create_redis(redis_url)
-    store = ResilientLimitStore(RedisLimitStore(redis), MemoryLimitStore(), "closed", fast_health())
+    # A back-off long enough that the three calls below surely fall within it.
+    health = BackendHealth(backoff_base_s=1.0, backoff_cap_s=1.0)
+    store = ResilientLimitStore(RedisLimitStore(redis), MemoryLimitStore(), "closed", health)
     policy = KeyPolicy("k", rpm=100)
     redis_server.stop()
     for _ in range(3):  # the first tries Redis, the others are refused during the back-off
@@ -534,7 +558,15 @@ async def test_closed_mode_refuses_while_redis_is_down(redis_server, redis_url: 
             await admit(store, policy)
     assert store.health.failures_total == 1
     redis_server.start()
-    assert (await wait_until_recovered(store, policy)).allowed
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            assert (await admit(store, policy)).allowed
+            break
+        except BackendUnavailable:
+            assert time.monotonic() < deadline, "no recovery within 5 s after Redis came back"
+            await asyncio.sleep(0.05)
+    assert store.state == "healthy"
     await redis.aclose()
 
 
