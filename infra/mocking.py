@@ -118,6 +118,16 @@ class LiftoffMocks(pulumi.runtime.Mocks):
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
         if token == "aws:index/getRegion:getRegion":
             return {"name": self.region, "region": self.region, "id": self.region}, []
+        if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            registry = f"{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com"
+            return {
+                "authorizationToken": "QVdTOm1vY2stcmVnaXN0cnktcGFzc3dvcmQ=",
+                "userName": "AWS",
+                "password": "mock-registry-password",
+                "proxyEndpoint": f"https://{registry}",
+                "expiresAt": "2030-01-01T00:00:00Z",
+                "id": registry,
+            }, []
         if token == "aws:ec2/getManagedPrefixList:getManagedPrefixList":
             return {"id": "pl-63a5400a", "name": args.args.get("name", "")}, []
         raise NotImplementedError(f"LiftoffMocks has no answer for invoke {token}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pulumi
 
 from infra.cache import CACHE_PORT, Cache, CacheArgs
@@ -10,7 +12,7 @@ from infra.loadbalancer import LoadBalancer, LoadBalancerArgs
 from infra.network import Network, NetworkArgs
 from infra.observability import Observability, ObservabilityArgs
 from infra.secrets import Secrets, SecretsArgs
-from infra.settings import REPO_ROOT, StackSettings, settings_from_pulumi
+from infra.settings import REPO_ROOT, StackSettings, is_arm, settings_from_pulumi
 from infra.tags import base_tags
 from infra.timings import ShutdownTimings
 from infra.workload import Workload, WorkloadArgs, WorkloadRefs, split_image_ref
@@ -21,11 +23,23 @@ def image_reference(settings: StackSettings) -> pulumi.Output[str]:
     if settings.image:
         return pulumi.Output.from_input(settings.image)
     # Imported here: only stacks that build their image need the docker-build provider.
+    import pulumi_docker_build as docker_build
+
     from infra.image import GatewayImage, GatewayImageArgs
 
+    arm = is_arm(settings.node_instance_types[0])
     image = GatewayImage(
         f"{settings.prefix}-image",
-        GatewayImageArgs(context_dir=str(REPO_ROOT / "app"), tags=base_tags(settings)),
+        GatewayImageArgs(
+            # Relative to the project directory, so state does not depend on the checkout path.
+            context_dir=os.path.relpath(REPO_ROOT / "app", os.getcwd()),
+            tags=base_tags(settings),
+            # Build for the nodes' architecture.
+            platforms=[
+                docker_build.Platform.LINUX_ARM64 if arm else docker_build.Platform.LINUX_AMD64
+            ],
+            force_delete=not settings.is_prod,
+        ),
     )
     return image.image_ref
 

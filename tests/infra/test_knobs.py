@@ -64,8 +64,13 @@ def test_instance_types_change_only_the_node_group(dev_run: ProgramRun) -> None:
     run = run_program("dev", {"liftoff:nodeInstanceTypes": '["m7g.large", "c7g.xlarge"]'})
     d = diff(dev_run, run)
     assert not d.added and not d.removed
-    assert d.changed == {(NODE_GROUP, "liftoff-dev-nodes"): {"instanceTypes", "amiType"}}
+    assert d.changed == {
+        (NODE_GROUP, "liftoff-dev-nodes"): {"instanceTypes", "amiType"},
+        # Graviton nodes need an arm64 image.
+        ("docker-build:index:Image", "liftoff-dev-image-build"): {"platforms"},
+    }
     assert run.one(NODE_GROUP).inputs["amiType"] == "AL2023_ARM_64_STANDARD"
+    assert run.one("docker-build:index:Image").inputs["platforms"] == ["linux/arm64"]
 
 
 @pytest.mark.parametrize(

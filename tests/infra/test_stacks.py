@@ -39,6 +39,7 @@ UNTAGGABLE = {
     "aws:sns/topicPolicy:TopicPolicy",
     "aws:eks/accessPolicyAssociation:AccessPolicyAssociation",
     "aws:wafv2/webAclAssociation:WebAclAssociation",
+    "aws:ecr/lifecyclePolicy:LifecyclePolicy",
 }
 
 
