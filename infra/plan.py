@@ -25,6 +25,7 @@ from typing import Any
 import pulumi
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from infra.cost import CostEstimate, estimate
@@ -49,7 +50,8 @@ class PlannedResource:
     type: str
     name: str
     parent: str | None  # name of the parent component; None at the stack's top level
-    component: str  # top-level component it belongs to ("stack" when declared at top level)
+    component: str  # top-level component, "<Type> <name>" ("stack" when declared at top level)
+    is_component: bool  # a ComponentResource (no cloud object of its own)
     inputs: dict[str, Any]  # secrets already replaced by "[secret]"
 
 
@@ -101,18 +103,18 @@ def parse_overrides(assignments: Iterable[str]) -> dict[str, str]:
 
 
 def _config_text(key: str, text: str) -> str:
+    """Flow collections and quoted strings are parsed as YAML/JSON; anything else stays verbatim
+    (so a secret containing ': ' or '#' is never reinterpreted)."""
+    stripped = text.strip()
+    if stripped[:1] not in ("[", "{", "'", '"'):
+        return stripped
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = yaml.safe_load(stripped)
     except yaml.YAMLError as exc:
         shown = SECRET if key in SECRET_KEYS else text
-        raise PlanInputError(
-            f"--set {key}={shown}: not a YAML/JSON value ({exc.problem})"
-        ) from None
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    if isinstance(value, str):
-        return value  # unquoted YAML string
-    return text.strip()
+        problem = getattr(exc, "problem", None) or "unparsable"
+        raise PlanInputError(f"--set {key}={shown}: not a YAML/JSON value ({problem})") from None
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 # --- building the report -------------------------------------------------------------------
@@ -197,7 +199,10 @@ def _top_component(resource: RecordedResource, by_urn: Mapping[str, RecordedReso
     current = resource
     while current.parent_urn in by_urn:
         current = by_urn[current.parent_urn]
-    return current.name if current is not resource or not resource.custom else "stack"
+    if current is resource and resource.custom:
+        return "stack"
+    # Components share the stack's name prefix; their type tells them apart.
+    return f"{current.type.rsplit(':', 1)[-1]} {current.name}"
 
 
 def _context(run: ProgramRun, settings: StackSettings, stack: str) -> RuleContext:
@@ -261,6 +266,7 @@ def build_plan(stack: str, overrides: Mapping[str, str] | None = None) -> PlanRe
             name=r.name,
             parent=by_urn[r.parent_urn].name if r.parent_urn in by_urn else None,
             component=_top_component(r, by_urn),
+            is_component=not r.custom,
             inputs=_scrub(redacted[r.urn], secrets),
         )
         for r in run.resources
@@ -428,6 +434,7 @@ def key_settings(resource: PlannedResource) -> str:
 
 
 def render(report: PlanReport, console: Console) -> None:
+    """Rich tables; every value from the program is escaped ("[secret]" is text, not markup)."""
     s = report.settings
     console.print(
         f"[bold]Liftoff plan[/bold] stack [cyan]{report.stack}[/cyan] "
@@ -437,13 +444,15 @@ def render(report: PlanReport, console: Console) -> None:
     resources = Table(title="Resources by component", show_lines=False)
     for column in ("component", "type", "name", "key settings"):
         resources.add_column(column, overflow="fold")
+    order = {name: i for i, name in enumerate(dict.fromkeys(r.component for r in report.resources))}
     component = None
-    for r in sorted(report.resources, key=lambda r: (r.component != "stack", r.component)):
+    rows = [r for r in report.resources if not (r.is_component and r.parent is None)]
+    for r in sorted(rows, key=lambda r: (r.component != "stack", order[r.component])):
         if component is not None and r.component != component:
             resources.add_section()
         shown = r.component if r.component != component else ""
         component = r.component
-        resources.add_row(shown, r.type, r.name, key_settings(r))
+        resources.add_row(*map(escape, (shown, r.type, r.name, key_settings(r))))
     console.print(resources)
 
     rules = Table(title=f"Policies ({report.violations} error-severity violations)")
@@ -452,7 +461,9 @@ def render(report: PlanReport, console: Console) -> None:
     colours = {"pass": "green", "fail": "red", "not applicable": "dim", "no resources": "dim"}
     for v in report.verdicts:
         status = _rule_status(v)
-        rules.add_row(v.rule.id, v.rule.severity, f"[{colours[status]}]{status}[/]", v.rule.title)
+        rules.add_row(
+            v.rule.id, v.rule.severity, f"[{colours[status]}]{status}[/]", escape(v.rule.title)
+        )
     console.print(rules)
     if report.findings:
         findings = Table(title="Findings")
@@ -460,7 +471,9 @@ def render(report: PlanReport, console: Console) -> None:
             findings.add_column(column, overflow="fold")
         for f in report.findings:
             colour = "red" if f.severity == "error" else "yellow"
-            findings.add_row(f.rule, f"[{colour}]{f.severity}[/]", f.resource, f.message)
+            findings.add_row(
+                f.rule, f"[{colour}]{f.severity}[/]", escape(f.resource), escape(f.message)
+            )
         console.print(findings)
 
     cost = report.cost
@@ -470,9 +483,12 @@ def render(report: PlanReport, console: Console) -> None:
     costs.add_column("resource", overflow="fold")
     costs.add_column("description", overflow="fold")
     costs.add_column("USD / month", justify="right")
-    for item in cost.items:
+    # Biggest first; unpriced lines on top so they are not missed.
+    for item in sorted(
+        cost.items, key=lambda i: -(i.monthly_usd if i.monthly_usd is not None else 1e12)
+    ):
         amount = "no price" if item.monthly_usd is None else f"{item.monthly_usd:,.2f}"
-        costs.add_row(item.resource, item.description, amount)
+        costs.add_row(escape(item.resource), escape(item.description), amount)
     low, high = cost.range_usd
     costs.add_section()
     costs.add_row(
@@ -481,17 +497,17 @@ def render(report: PlanReport, console: Console) -> None:
         f"[bold]{cost.monthly_usd:,.2f}[/bold]",
     )
     console.print(costs)
-    console.print(f"[dim]Not included: {cost.excluded}.[/dim]")
+    console.print(f"[dim]Not included: {escape(cost.excluded)}.[/dim]")
 
     if report.outputs:
         outputs = Table(title="Stack outputs")
         outputs.add_column("output")
         outputs.add_column("value", overflow="fold")
         for name, value in report.outputs.items():
-            outputs.add_row(name, _short(value))
+            outputs.add_row(escape(name), escape(_short(value)))
         console.print(outputs)
     for note in [*report.notes, *cost.notes]:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
 
 
 # --- command line --------------------------------------------------------------------------
