@@ -57,10 +57,16 @@ def _values_args(values: Mapping[str, Any] | None, workdir: Path) -> list[str]:
     return ["--values", str(path)]
 
 
-def template(values: Mapping[str, Any] | None = None) -> HelmResult:
-    """`helm template` of the chart with `values` (a values-file dict), without raising."""
+def template(
+    values: Mapping[str, Any] | None = None, kube_version: str | None = None
+) -> HelmResult:
+    """`helm template` of the chart with `values` (a values-file dict), without raising.
+
+    `kube_version` (e.g. "1.33.0") is checked against the chart's `kubeVersion` by helm."""
     with tempfile.TemporaryDirectory() as tmp:
         args = _values_args(values, Path(tmp))
+        if kube_version:
+            args += ["--kube-version", kube_version]
         return run_helm("template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE, *args)
 
 
@@ -99,9 +105,9 @@ class Manifests(list):
         return {item["name"]: item["value"] for item in self.container["env"]}
 
 
-def render(values: Mapping[str, Any] | None = None) -> Manifests:
+def render(values: Mapping[str, Any] | None = None, kube_version: str | None = None) -> Manifests:
     """Render and parse; a failing render fails the test with helm's message."""
-    result = template(values)
+    result = template(values, kube_version)
     if result.returncode != 0:
         pytest.fail(f"helm template failed:\n{result.stderr}", pytrace=False)
     return Manifests(doc for doc in yaml.safe_load_all(result.stdout) if doc)

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 
 from tests.charts import crds, sample_values
-from tests.charts.chart import FULLNAME, lint, render
+from tests.charts.chart import CHART_DIR, FULLNAME, lint, render, run_helm
 from tests.charts.validation import KUBERNETES_VERSION, validate_all
 
 DEFAULT_KINDS = {
@@ -72,3 +72,23 @@ def test_kubernetes_schema_validation_is_strict() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_notes_explain_timings_and_the_readiness_gate_label() -> None:
+    result = run_helm(
+        "install",
+        "gw",
+        str(CHART_DIR),
+        "--namespace",
+        "liftoff",
+        "--dry-run=client",
+        "--set",
+        f"targetGroupBinding.targetGroupArn={sample_values.TARGET_GROUP_ARN}",
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert (
+        "preStop sleep 20s + graceful shutdown 120s < terminationGracePeriodSeconds 150s" in notes
+    )
+    assert "elbv2.k8s.aws/pod-readiness-gate-inject=enabled" in notes
+    assert "helm test gw -n liftoff" in notes

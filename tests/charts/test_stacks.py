@@ -28,7 +28,8 @@ def stack_values(stack: str, overrides: dict[str, str] | None = None) -> tuple[S
 @pytest.fixture(scope="module", params=STACKS)
 def stack(request: pytest.FixtureRequest) -> tuple[str, StackSettings, dict[str, Any], Manifests]:
     settings, values = stack_values(request.param)
-    return request.param, settings, values, render(values)
+    # helm checks the chart's kubeVersion constraint against the stack's EKS version.
+    return request.param, settings, values, render(values, f"{settings.kubernetes_version}.0")
 
 
 def test_helm_lint_strict_passes_for_each_stack(stack: tuple) -> None:
@@ -38,8 +39,8 @@ def test_helm_lint_strict_passes_for_each_stack(stack: tuple) -> None:
 
 
 def test_every_object_of_each_stack_is_valid(stack: tuple) -> None:
-    _, _, _, manifests = stack
-    validate_all(manifests)
+    _, settings, _, manifests = stack
+    validate_all(manifests, f"{settings.kubernetes_version}.0")
     assert {
         "Deployment",
         "Service",
