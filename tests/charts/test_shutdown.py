@@ -60,12 +60,24 @@ def test_timings_follow_values() -> None:
             "loadBalancer.idleTimeoutSeconds (60)",
         ),
         (
+            {"config": {"server": {"shutdown_delay_s": 15}}},
+            "terminationGracePeriodSeconds (150) must be greater than "
+            "lifecycle.preStopSleepSeconds (20) + config.server.shutdown_delay_s (15) "
+            "+ server.gracefulShutdownSeconds (120) = 155",
+        ),
+        (
             {"loadBalancer": {"idleTimeoutSeconds": 180}},
             "server.keepAliveTimeoutSeconds (130) must be greater than "
             "loadBalancer.idleTimeoutSeconds (180)",
         ),
     ],
-    ids=["grace-equal", "long-prestop", "keepalive-equal-idle", "idle-above-keepalive"],
+    ids=[
+        "grace-equal",
+        "long-prestop",
+        "keepalive-equal-idle",
+        "app-shutdown-delay",
+        "idle-above-keepalive",
+    ],
 )
 def test_inconsistent_timings_fail_with_the_numbers(values: dict, message: str) -> None:
     result = template(values)

@@ -101,8 +101,15 @@ is allowed. Included by the Deployment so every render runs them.
 {{- $s := .Values.server }}
 {{- $preStop := .Values.lifecycle.preStopSleepSeconds | int }}
 {{- $grace := .Values.terminationGracePeriodSeconds | int }}
-{{- if le $grace (add $preStop ($s.gracefulShutdownSeconds | int)) }}
-{{- include "gateway.fail" (printf "terminationGracePeriodSeconds (%d) must be greater than lifecycle.preStopSleepSeconds (%d) + server.gracefulShutdownSeconds (%d) = %d, or the kubelet kills in-flight streams" $grace $preStop ($s.gracefulShutdownSeconds | int) (add $preStop ($s.gracefulShutdownSeconds | int))) }}
+{{- $graceful := $s.gracefulShutdownSeconds | int }}
+{{- /* The gateway's own post-SIGTERM delay (config.server.shutdown_delay_s) also counts. */}}
+{{- $delay := dig "server" "shutdown_delay_s" 0 .Values.config | int }}
+{{- if le $grace (add $preStop $delay $graceful) }}
+{{- if $delay }}
+{{- include "gateway.fail" (printf "terminationGracePeriodSeconds (%d) must be greater than lifecycle.preStopSleepSeconds (%d) + config.server.shutdown_delay_s (%d) + server.gracefulShutdownSeconds (%d) = %d, or the kubelet kills in-flight streams" $grace $preStop $delay $graceful (add $preStop $delay $graceful)) }}
+{{- else }}
+{{- include "gateway.fail" (printf "terminationGracePeriodSeconds (%d) must be greater than lifecycle.preStopSleepSeconds (%d) + server.gracefulShutdownSeconds (%d) = %d, or the kubelet kills in-flight streams" $grace $preStop $graceful (add $preStop $graceful)) }}
+{{- end }}
 {{- end }}
 {{- if le ($s.keepAliveTimeoutSeconds | int) (.Values.loadBalancer.idleTimeoutSeconds | int) }}
 {{- include "gateway.fail" (printf "server.keepAliveTimeoutSeconds (%d) must be greater than loadBalancer.idleTimeoutSeconds (%d): the ALB must close idle connections first, or it gets a 502 from a connection the server closed" ($s.keepAliveTimeoutSeconds | int) (.Values.loadBalancer.idleTimeoutSeconds | int)) }}
