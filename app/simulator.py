@@ -7,6 +7,20 @@ per request (`x-simulator-fault` header, optionally only for the first K attempt
 request) or at a configured rate from a seeded, reproducible sequence.
 
 Run on its own: `python -m app.simulator --host 127.0.0.1 --port 8081 --ttft-ms 50 --token-ms 5`.
+
+Per-request control headers (all optional):
+- `x-simulator-fault: 429|500|502|503|504|timeout|cut|401` - answer with that fault. 429 carries
+  `retry-after` (whole seconds), `retry-after-ms` and `x-ratelimit-*` (reset in "1s" style);
+  `timeout` hangs for `timeout_fault_s` then answers 504; `cut` drops the connection half way
+  (mid-stream without `[DONE]`, or mid-body).
+- `x-simulator-fail-times: K` + `x-simulator-request-key: ID` - only the first K attempts of the
+  logical request ID fail (with the fault above, else 503), later ones succeed. Without a key the
+  body identifies the request.
+- `x-simulator-retry-after-ms`, `x-simulator-ttft-ms`, `x-simulator-token-ms`,
+  `x-simulator-tokens` (natural completion length) - override the options for one request.
+Authorization: any non-empty bearer key works except the revoked ones (`sk-sim-revoked`: 401).
+Test hooks: `GET /_simulator/stats`, `GET /_simulator/requests` (last 200, key fingerprints only),
+`POST /_simulator/reset`.
 """
 
 from __future__ import annotations

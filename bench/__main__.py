@@ -546,6 +546,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stack(args, plan, workdir) as info:
             runner = Runner(args, plan, info)
             outcome = run_benchmark(args, runner)
+    load_1m = machine["loadavg_1m_5m_15m"][0]
+    if load_1m > 0.5 * (machine["cpus_usable"] or 1):
+        outcome["notes"].append(
+            f"the machine was busy before the run (1-minute load {load_1m} on "
+            f"{machine['cpus_usable']} CPUs): tails and throughput are pessimistic; rerun when idle"
+        )
     results = {
         "generated_at": started.isoformat(timespec="seconds"),
         "machine": machine,
