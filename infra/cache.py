@@ -102,7 +102,9 @@ class Cache(pulumi.ComponentResource):
             transit_encryption_mode="required",
             # Write-only: the token reaches AWS but is never stored in Pulumi state.
             auth_token_wo=args.auth_token,
-            auth_token_wo_version=1,
+            auth_token_wo_version=s.cache_auth_token_version,
+            # On a version bump both tokens work until the next change: no client outage.
+            auth_token_update_strategy="ROTATE",
             snapshot_retention_limit=s.cache_snapshot_retention_days,
             snapshot_window="03:00-04:00" if s.cache_snapshot_retention_days else None,
             maintenance_window="sun:05:00-sun:06:00",

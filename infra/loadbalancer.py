@@ -364,6 +364,8 @@ def lb_controller_policy(target_group_arn: str) -> str:
                         "elasticloadbalancing:DescribeTargetHealth",
                         "elasticloadbalancing:DescribeListeners",
                         "elasticloadbalancing:DescribeTags",
+                        "elasticloadbalancing:DescribeTargetGroupAttributes",
+                        "elasticloadbalancing:DescribeLoadBalancerAttributes",
                         "ec2:DescribeSecurityGroups",
                         "ec2:DescribeInstances",
                         "ec2:DescribeNetworkInterfaces",

@@ -34,10 +34,22 @@ class Observability(pulumi.ComponentResource):
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
 
+        # CloudWatch and Budgets cannot publish to a topic under the AWS-managed aws/sns key: the
+        # topic gets its own key whose policy lets exactly those two services use it.
+        account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        alerts_key = aws.kms.Key(
+            f"{name}-alerts-key",
+            description=f"{s.prefix}: alert topic encryption",
+            enable_key_rotation=True,
+            deletion_window_in_days=30 if s.is_prod else 7,
+            policy=account.account_id.apply(alerts_key_policy),
+            tags=tags(s, f"{s.prefix}-alerts"),
+            opts=child,
+        )
         topic = aws.sns.Topic(
             f"{name}-alerts",
             name=f"{s.prefix}-alerts",
-            kms_master_key_id="alias/aws/sns",
+            kms_master_key_id=alerts_key.arn,
             tags=tags(s, f"{s.prefix}-alerts"),
             opts=child,
         )
@@ -201,3 +213,28 @@ class Observability(pulumi.ComponentResource):
                 periods=2,
             )
         self.register_outputs({"topicArn": topic.arn, "budgetName": budget.name})
+
+
+def alerts_key_policy(account_id: str) -> str:
+    """The account administers the key; CloudWatch and Budgets may encrypt messages with it."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "AccountAdministers",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"},
+                    "Action": "kms:*",
+                    "Resource": "*",
+                },
+                {
+                    "Sid": "AlarmsAndBudgetsPublish",
+                    "Effect": "Allow",
+                    "Principal": {"Service": ["cloudwatch.amazonaws.com", "budgets.amazonaws.com"]},
+                    "Action": ["kms:GenerateDataKey*", "kms:Decrypt"],
+                    "Resource": "*",
+                },
+            ],
+        }
+    )

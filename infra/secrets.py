@@ -61,6 +61,8 @@ class Secrets(pulumi.ComponentResource):
             length=64,
             special=True,
             override_special="!&#$^<>-",
+            # A new version means a new token (rotation).
+            keepers={"version": str(s.cache_auth_token_version)},
             opts=child,
         )
         self.redis_auth_token = pulumi.Output.secret(redis_token.result)
@@ -92,7 +94,12 @@ class Secrets(pulumi.ComponentResource):
         secrets = {}
         for slug, value, version, description in (
             ("upstream-api-key", upstream_key, s.secrets_version, "Upstream LLM API key"),
-            ("redis-auth-token", self.redis_auth_token, 1, "ElastiCache AUTH token"),
+            (
+                "redis-auth-token",
+                self.redis_auth_token,
+                s.cache_auth_token_version,
+                "ElastiCache AUTH token",
+            ),
             ("client-keys", client_keys, s.secrets_version, "Gateway client keys (JSON list)"),
         ):
             secret = aws.secretsmanager.Secret(

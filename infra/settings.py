@@ -270,6 +270,13 @@ class StackSettings(BaseModel):
         "Days of automatic cache snapshots (0 = none; default 7 in prod).",
         alias="cacheSnapshotRetentionDays",
     )
+    cache_auth_token_version: int = _setting(
+        1,
+        "an integer >= 1",
+        "Bump to rotate the cache AUTH token: a new random token is generated, written to its "
+        "secret and applied with the ROTATE strategy (old and new accepted until the next change).",
+        alias="cacheAuthTokenVersion",
+    )
     # --- application ---------------------------------------------------------------------
     image: str | None = _setting(
         None,
@@ -539,6 +546,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "gateway_workers": (1, 16),
     "default_rpm": (1, float("inf")),
     "secrets_version": (1, float("inf")),
+    "cache_auth_token_version": (1, float("inf")),
     "default_tpm": (1, float("inf")),
     "alarm_5xx_count": (1, float("inf")),
     "alarm_cache_cpu_percent": (1, 100),

@@ -29,9 +29,19 @@ class Diff:
         return {t for t, _ in self.added}
 
 
+# The image tag is a hash of app/'s files, not a setting (it moves whenever app/ is edited).
+SOURCE_DERIVED = {("docker-build:index:Image", "tags")}
+
+
+def _inputs(run: ProgramRun) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (r.type, r.name): {k: v for k, v in r.inputs.items() if (r.type, k) not in SOURCE_DERIVED}
+        for r in run.resources
+    }
+
+
 def diff(base: ProgramRun, other: ProgramRun) -> Diff:
-    before = {(r.type, r.name): r.inputs for r in base.resources}
-    after = {(r.type, r.name): r.inputs for r in other.resources}
+    before, after = _inputs(base), _inputs(other)
     changed = {}
     for key in before.keys() & after.keys():
         keys = {
@@ -194,3 +204,21 @@ def test_tags_reach_every_tagged_resource_and_nothing_else(dev_run: ProgramRun) 
         assert fields <= {"tags", "tagSpecifications"}, key
     tagged = [r for r in run.resources if isinstance(r.inputs.get("tags"), dict)]
     assert all(r.inputs["tags"]["team"] == "ml-platform" for r in tagged)
+
+
+def test_cache_auth_token_rotation(dev_run: ProgramRun) -> None:
+    run = run_program("dev", {"liftoff:cacheAuthTokenVersion": "2"})
+    d = diff(dev_run, run)
+    assert not d.added and not d.removed
+    password = ("random:index/randomPassword:RandomPassword", "liftoff-dev-redis-auth-token")
+    version = (
+        "aws:secretsmanager/secretVersion:SecretVersion",
+        "liftoff-dev-redis-auth-token-version",
+    )
+    assert d.changed == {
+        password: {"keepers"},
+        (CACHE, "liftoff-dev-cache"): {"authTokenWoVersion"},
+        version: {"secretStringWoVersion"},
+    }
+    cache = run.one(CACHE).inputs
+    assert cache["authTokenWoVersion"] == 2 and cache["authTokenUpdateStrategy"] == "ROTATE"

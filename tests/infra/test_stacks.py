@@ -77,7 +77,7 @@ def test_inventory(stack_runs: dict[str, ProgramRun], stack: str) -> None:
     assert counts[ALB] == 1 and counts[TARGET_GROUP] == 1
     assert counts[CACHE] == 1
     assert counts[SECRET] == 3
-    assert counts[KMS_KEY] == 2
+    assert counts[KMS_KEY] == 3  # EKS secrets, data (secrets + cache), alert topic
     assert counts[BUDGET] == 1
     assert counts["aws:sns/topic:Topic"] == 1
     assert counts["aws:ec2/vpcEndpoint:VpcEndpoint"] == 5
@@ -488,3 +488,48 @@ def test_runs_are_repeatable_in_one_process(dev_run: ProgramRun) -> None:
         (r.type, r.name) for r in dev_run.resources
     )
     assert again.outputs == dev_run.outputs
+
+
+def test_alerts_reach_the_topic_and_the_topic_key_lets_alarms_publish(prod_run: ProgramRun) -> None:
+    topic = prod_run.one("aws:sns/topic:Topic")
+    key = next(k for k in prod_run.of_type(KMS_KEY) if k.name.endswith("-alerts-key"))
+    assert topic.inputs["kmsMasterKeyId"].startswith("arn:aws:kms:")
+    assert key.urn in topic.options["dependencies"]
+    statements = json.loads(key.inputs["policy"])["Statement"]
+    publishers = next(s for s in statements if s["Sid"] == "AlarmsAndBudgetsPublish")
+    assert set(publishers["Principal"]["Service"]) == {
+        "cloudwatch.amazonaws.com",
+        "budgets.amazonaws.com",
+    }
+    topic_arn = prod_run.outputs["alertTopicArn"]
+    for alarm in prod_run.of_type(ALARM):
+        assert alarm.inputs["alarmActions"] == [topic_arn], alarm.name
+    budget = prod_run.one(BUDGET).inputs
+    assert budget["limitAmount"] == "3000.00" and budget["timeUnit"] == "MONTHLY"
+    kinds = [(n["notificationType"], n["threshold"]) for n in budget["notifications"]]
+    assert kinds == [("ACTUAL", 50), ("ACTUAL", 80), ("ACTUAL", 100), ("FORECASTED", 100)]
+    for notification in budget["notifications"]:
+        assert notification["subscriberSnsTopicArns"] == [topic_arn]
+        assert notification["subscriberEmailAddresses"] == ["oncall@example.com"]
+    assert prod_run.one("aws:sns/topicSubscription:TopicSubscription").inputs["endpoint"] == (
+        "oncall@example.com"
+    )
+
+
+def test_a_given_image_is_deployed_as_is_without_a_build() -> None:
+    image = "ghcr.io/acme/liftoff-gateway:1.4.2@sha256:" + "c" * 64
+    run = run_program("dev", {"liftoff:image": image})
+    assert not run.of_type("docker-build:index:Image")
+    assert not run.of_type("aws:ecr/repository:Repository")
+    values = _release(run, "gateway").inputs["values"]["image"]
+    assert values["repository"] == "ghcr.io/acme/liftoff-gateway"
+    assert values["tag"] == "1.4.2" and values["digest"] == "sha256:" + "c" * 64
+    assert run.outputs["imageRef"] == image
+
+
+def test_built_image_is_pulled_by_digest(dev_run: ProgramRun) -> None:
+    values = _release(dev_run, "gateway").inputs["values"]["image"]
+    repository = dev_run.one("aws:ecr/repository:Repository")
+    assert values["repository"].endswith(f"/{repository.inputs['name']}")
+    assert values["digest"].startswith("sha256:") and len(values["digest"]) == 71
+    assert dev_run.one("docker-build:index:Image").inputs["platforms"] == ["linux/amd64"]
