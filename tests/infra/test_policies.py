@@ -5,12 +5,19 @@ same rules and reports the same violations through pulumi_policy's own argument 
 from __future__ import annotations
 
 import importlib
+import json
+import select
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from google.protobuf import empty_pb2, struct_pb2
+from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
@@ -24,6 +31,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
+from infra.mocking import run_program
 from infra.policies import (
     RULES,
     RULES_BY_ID,
@@ -757,3 +765,107 @@ def test_pack_stack_policy_reads_region_from_the_provider() -> None:
         _violations(policy, StackValidationArgs([_policy_resource(vpc, _provider("us-east-2"))]))
         == []
     )
+
+
+# --- the pack as Pulumi runs it: a process serving the Analyzer gRPC API -----------------------
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    """`python infra/policy`, as `pulumi preview --policy-pack infra/policy` starts it; a client."""
+    pack_dir = REPO / "infra" / "policy"
+    process = subprocess.Popen(
+        [sys.executable, "-u", str(pack_dir)],
+        cwd=pack_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        if not ready:
+            pytest.fail("the policy pack did not print its gRPC port within 60 s")
+        line = process.stdout.readline().strip()
+        if not line.isdigit():
+            process.kill()
+            pytest.fail(f"the policy pack failed to start: {line!r} {process.stderr.read()}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{line}")
+        yield analyzer_pb2_grpc.AnalyzerStub(channel)
+        channel.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _struct(value: dict) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(json.loads(json.dumps(value, default=str)))
+    return struct
+
+
+def _aws_provider(stack: str, region: str) -> analyzer_pb2.AnalyzerProviderResource:
+    return analyzer_pb2.AnalyzerProviderResource(
+        type="pulumi:providers:aws",
+        properties=_struct({"region": region}),
+        urn=f"urn:pulumi:{stack}::liftoff::pulumi:providers:aws::default",
+        name="default",
+    )
+
+
+def _analyze_program(stub, stack: str, overrides: dict[str, str] | None = None) -> list:
+    """Every resource the real program declares, through the pack's Analyze, as the engine would."""
+    run = run_program(stack, overrides)
+    assert run.settings is not None
+    provider = _aws_provider(stack, run.settings.region)
+    diagnostics = []
+    for resource in run.resources:
+        response = stub.Analyze(
+            analyzer_pb2.AnalyzeRequest(
+                type=resource.type,
+                properties=_struct(resource.inputs),
+                urn=resource.urn,
+                name=resource.name,
+                provider=provider,
+            )
+        )
+        diagnostics.extend(response.diagnostics)
+    return diagnostics
+
+
+def test_served_pack_lists_every_rule_with_its_enforcement(analyzer) -> None:
+    info = analyzer.GetAnalyzerInfo(empty_pb2.Empty())
+    assert info.name == "liftoff"
+    levels = {p.name: p.enforcementLevel for p in info.policies}
+    assert list(levels) == [rule.id for rule in RULES]
+    for rule in RULES:
+        expected = analyzer_pb2.MANDATORY if rule.severity == "error" else analyzer_pb2.ADVISORY
+        assert levels[rule.id] == expected, rule.id
+
+
+def test_served_pack_flags_a_failing_resource(analyzer) -> None:
+    response = analyzer.Analyze(
+        analyzer_pb2.AnalyzeRequest(
+            type=CLUSTER,
+            properties=_struct({"name": "eks", "vpcConfig": {"publicAccessCidrs": ["0.0.0.0/0"]}}),
+            urn=urn(CLUSTER, "eks").replace(":test::", ":prod::"),
+            name="eks",
+            provider=_aws_provider("prod", "us-west-2"),
+        )
+    )
+    found = {(d.policyName, d.enforcementLevel) for d in response.diagnostics}
+    assert ("CKV_AWS_58", analyzer_pb2.MANDATORY) in found
+    assert ("CKV_AWS_37", analyzer_pb2.MANDATORY) in found
+    assert ("CKV_AWS_38", analyzer_pb2.MANDATORY) in found  # prod stack, from the URN
+
+
+def test_served_pack_passes_the_real_prod_stack_and_catches_a_broken_override(analyzer) -> None:
+    mandatory = [
+        d
+        for d in _analyze_program(analyzer, "prod")
+        if d.enforcementLevel == analyzer_pb2.MANDATORY
+    ]
+    assert mandatory == [], [(d.policyName, d.message) for d in mandatory]
+    broken = _analyze_program(analyzer, "prod", {"liftoff:albDeletionProtection": "false"})
+    assert [d.policyName for d in broken if d.enforcementLevel == analyzer_pb2.MANDATORY] == [
+        "CKV_AWS_150"
+    ]
