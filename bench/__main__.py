@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -475,6 +476,17 @@ def run_benchmark(args: argparse.Namespace, runner: Runner) -> dict[str, Any]:
     return {"figures": figures, "notes": notes}
 
 
+def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for key in runs[-1]:
+        values = [run.get(key) for run in runs]
+        numbers = [v for v in values if isinstance(v, int | float)]
+        merged[key] = (
+            round(statistics.median(numbers), 3) if len(numbers) == len(values) else (values[-1])
+        )
+    return merged
+
+
 def verdicts(figures: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name, (op, target, unit) in TARGETS.items():
@@ -525,6 +537,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="INFO", help="gateway log level (INFO keeps the access log)"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of every phase; figures are their medians"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args(argv)
     for name in ("duration", "rate", "stream_rate"):
@@ -532,6 +547,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be > 0")
     if args.connections < 1:
         parser.error("--connections must be >= 1")
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
     return args
 
 
@@ -544,11 +561,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         print(f"liftoff bench: {args.duration:g} s per phase, logs in {workdir}", flush=True)
         with stack(args, plan, workdir) as info:
-            runner = Runner(args, plan, info)
-            outcome = run_benchmark(args, runner)
+            runs = []
+            notes: list[str] = []
+            for number in range(1, args.repeat + 1):
+                if args.repeat > 1:
+                    print(f"run {number} of {args.repeat}", flush=True)
+                runner = Runner(args, plan, info)
+                outcome = run_benchmark(args, runner)
+                runs.append({"figures": outcome["figures"], "phases": runner.phases})
+                prefix = f"run {number}: " if args.repeat > 1 else ""
+                notes.extend(prefix + note for note in outcome["notes"])
+    # Several runs: each figure is the median of the runs, robust to one noisy run.
+    figures = median_figures([run["figures"] for run in runs])
     load_1m = machine["loadavg_1m_5m_15m"][0]
     if load_1m > 0.5 * (machine["cpus_usable"] or 1):
-        outcome["notes"].append(
+        notes.append(
             f"the machine was busy before the run (1-minute load {load_1m} on "
             f"{machine['cpus_usable']} CPUs): tails and throughput are pessimistic; rerun when idle"
         )
@@ -572,10 +599,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "redis": info.get("redis", "not started (--simulator-only)"),
             "request": {"model": MODEL, "max_tokens": 16},
         },
-        "figures": outcome["figures"],
-        "targets": verdicts(outcome["figures"]),
-        "phases": runner.phases,
-        "notes": outcome["notes"],
+        "figures": figures,
+        "targets": verdicts(figures),
+        "phases": runs[-1]["phases"],  # the last run; every run's are under "runs"
+        "runs": runs if args.repeat > 1 else None,
+        "notes": notes,
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
