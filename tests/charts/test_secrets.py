@@ -38,13 +38,14 @@ def test_credentials_reach_the_pod_only_as_secrets_manager_arns() -> None:
         {"redis": {"password": SENTINELS["redis token"]}},
         {"redis": {"auth_token": SENTINELS["redis token"]}},
         {"client_keys": [{"name": "a", "key": SENTINELS["client key"]}]},
+        {"upstream": {"providers": [{"url": "https://x", "apiKey": SENTINELS["upstream key"]}]}},
     ],
-    ids=["api_key", "password", "auth_token", "client_keys"],
+    ids=["api_key", "password", "auth_token", "client_keys", "in-a-list"],
 )
 def test_config_with_a_credential_key_is_refused(config: dict) -> None:
     result = template(merge(sample_values.everything_on(), {"config": config}))
     assert result.returncode != 0
-    assert "config must not hold secrets" in result.stderr
+    assert "config must not hold secrets (found key" in result.stderr
     assert "Secrets Manager ARNs" in result.stderr
     for sentinel in SENTINELS.values():
         assert sentinel not in result.stdout + result.stderr

@@ -130,8 +130,8 @@ is allowed. Included by the Deployment so every render runs them.
 {{- include "gateway.fail" "redis.url must not contain credentials (value withheld): give host, port and db only; the AUTH token comes from secrets.redisAuthTokenArn" }}
 {{- end }}
 {{- $configYaml := toYaml .Values.config }}
-{{- $secretKey := regexFind "(?im)^\\s*[\"']?[a-z0-9_-]*(api_?key|auth_?token|password|passwd|secret|client_?keys|credentials?)[\"']?\\s*:" $configYaml }}
+{{- $secretKey := regexFind "(?im)^\\s*(-\\s+)?[\"']?[a-z0-9_-]*(api_?key|auth_?token|password|passwd|secret|client_?keys|credentials?)[\"']?\\s*:" $configYaml }}
 {{- if $secretKey }}
-{{- include "gateway.fail" (printf "config must not hold secrets (found key %q): pass credentials as Secrets Manager ARNs under secrets.*" (trim (trimSuffix ":" (trim $secretKey)))) }}
+{{- include "gateway.fail" (printf "config must not hold secrets (found key %q): pass credentials as Secrets Manager ARNs under secrets.*" (regexReplaceAll "^[\\s\"'-]*|[\"']?\\s*:$" $secretKey "")) }}
 {{- end }}
 {{- end }}
