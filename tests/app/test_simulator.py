@@ -191,7 +191,9 @@ async def test_sdk_chat_and_models(simulator):
     sdk = openai.AsyncOpenAI(base_url=simulator.url + "/v1", api_key="sk-test")
     completion = await sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     models = await sdk.models.list()
+    one = await sdk.models.retrieve("gpt-4o-mini-2024-07-18")
     await sdk.close()
+    assert one.id == "gpt-4o-mini-2024-07-18" and one.object == "model"
     assert completion.model == "gpt-4o-2024-08-06"
     assert completion.choices[0].message.content
     ids = [m.id for m in models.data]
