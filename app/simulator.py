@@ -256,7 +256,7 @@ class Simulator:
         if api_key in self.options.revoked_keys:
             await _send_invalid_key(send)
             return
-        if method_is_read(scope):
+        if scope["method"] == "GET":
             await handler(send, path)
             return
         fault = self._fault_for(headers, body)
@@ -539,10 +539,6 @@ class Simulator:
     async def _reset(self, send: Send) -> None:
         self.reset()
         await _send_json(send, 200, {"reset": True})
-
-
-def method_is_read(scope: Scope) -> bool:
-    return scope["method"] == "GET"
 
 
 def create_app(options: SimulatorOptions | None = None) -> Simulator:
