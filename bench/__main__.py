@@ -68,6 +68,16 @@ class Child:
             return float("nan")
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def count_log_errors(self) -> int:
+        """Error-level lines in the child's log (JSON logs or plain tracebacks)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return 0
+        return sum(
+            1 for line in text.splitlines() if '"level":"error"' in line or line.startswith("ERROR")
+        )
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -557,20 +567,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = CpuPlan()
     started = dt.datetime.now(dt.UTC)
     machine = machine_info(plan)  # before any load, so the load average is the machine's own
-    with tempfile.TemporaryDirectory(prefix="liftoff-bench-") as tmp:
-        workdir = Path(tmp)
-        print(f"liftoff bench: {args.duration:g} s per phase, logs in {workdir}", flush=True)
-        with stack(args, plan, workdir) as info:
-            runs = []
-            notes: list[str] = []
-            for number in range(1, args.repeat + 1):
-                if args.repeat > 1:
-                    print(f"run {number} of {args.repeat}", flush=True)
-                runner = Runner(args, plan, info)
-                outcome = run_benchmark(args, runner)
-                runs.append({"figures": outcome["figures"], "phases": runner.phases})
-                prefix = f"run {number}: " if args.repeat > 1 else ""
-                notes.extend(prefix + note for note in outcome["notes"])
+    workdir = Path(tempfile.mkdtemp(prefix="liftoff-bench-"))
+    print(f"liftoff bench: {args.duration:g} s per phase, logs in {workdir}", flush=True)
+    runs: list[dict[str, Any]] = []
+    notes: list[str] = []
+    keep_logs = False
+    with stack(args, plan, workdir) as info:
+        for number in range(1, args.repeat + 1):
+            if args.repeat > 1:
+                print(f"run {number} of {args.repeat}", flush=True)
+            runner = Runner(args, plan, info)
+            outcome = run_benchmark(args, runner)
+            runs.append({"figures": outcome["figures"], "phases": runner.phases})
+            prefix = f"run {number}: " if args.repeat > 1 else ""
+            notes.extend(prefix + note for note in outcome["notes"])
+        gateway = info["children"].get("gateway")
+        if gateway is not None:
+            errors = gateway.count_log_errors()
+            if errors:
+                keep_logs = True
+                notes.append(
+                    f"the gateway logged {errors} error line(s) during the run: see "
+                    f"{gateway.log_path} before trusting the figures"
+                )
+    if not keep_logs:
+        shutil.rmtree(workdir, ignore_errors=True)
     # Several runs: each figure is the median of the runs, robust to one noisy run.
     figures = median_figures([run["figures"] for run in runs])
     load_1m = machine["loadavg_1m_5m_15m"][0]
