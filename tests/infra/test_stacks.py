@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from infra.mocking import ProgramRun, RecordedResource, run_program
+from infra.mocking import LiftoffMocks, ProgramRun, RecordedResource, RecordingMonitor, run_program
 from infra.settings import ENVIRONMENTS, SettingsError
 
 CLUSTER = "aws:eks/cluster:Cluster"
@@ -452,34 +452,50 @@ def test_invalid_config_fails_before_any_resource(monkeypatch: pytest.MonkeyPatc
     assert registered == []
 
 
-def test_the_pulumi_program_validates_config_before_declaring(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The CLI path (`infra/__main__.py` -> define_stack) reads pulumi config and fails first."""
-    import pulumi
+def _run_entry_point(config: dict[str, str], monitor: RecordingMonitor, stack: str = "dev") -> None:
+    """Execute infra/__main__.py as the Pulumi CLI would, with `config`, under mocks."""
+    import runpy
+
     from pulumi.runtime import mocks as pulumi_mocks
     from pulumi.runtime import settings as runtime_settings
     from pulumi.runtime.config import set_all_config
+    from pulumi.runtime.stack import wait_for_rpcs
+    from pulumi.runtime.sync_await import _sync_await
 
-    from infra.mocking import LiftoffMocks, RecordingMonitor
-    from infra.stack import define_stack
-
-    monitor = RecordingMonitor(LiftoffMocks("us-east-1", "dev"))
-    runtime_settings.reset_options(project="liftoff", stack="dev")
-    set_all_config({"aws:region": "eu-west-1", "liftoff:hpaCpuTarget": "0"}, [])
+    runtime_settings.reset_options(project="liftoff", stack=stack)
+    set_all_config(config, [])
     pulumi_mocks.set_mocks(
-        LiftoffMocks("us-east-1", "dev"), project="liftoff", stack="dev", monitor=monitor
+        monitor.mocks, project="liftoff", stack=stack, preview=False, monitor=monitor
     )
     try:
-        with pytest.raises(SettingsError) as excinfo:
-            define_stack()
+        runpy.run_module("infra.__main__", run_name="__main__")
+        _sync_await(wait_for_rpcs())
     finally:
-        runtime_settings.reset_options(project="liftoff", stack="dev")
+        runtime_settings.reset_options(project="liftoff", stack=stack)
         set_all_config({}, [])
+
+
+def test_entry_point_builds_the_stack_from_pulumi_config() -> None:
+    monitor = RecordingMonitor(LiftoffMocks("us-east-2", "dev"))
+    _run_entry_point(
+        {"aws:region": "us-east-2", "liftoff:image": "ghcr.io/acme/gw:1", "liftoff:azCount": "2"},
+        monitor,
+    )
+    recorded = monitor.recorded
+    assert len([r for r in recorded if r.type == SUBNET]) == 4
+    assert next(r for r in recorded if r.type == CLUSTER).inputs["name"] == "liftoff-dev-eks"
+
+
+def test_entry_point_fails_on_bad_config_before_declaring_anything() -> None:
+    """The CLI path reads pulumi config and stops with every problem and no traceback."""
+    import pulumi
+
+    monitor = RecordingMonitor(LiftoffMocks("us-east-1", "dev"))
+    with pytest.raises(pulumi.RunError) as excinfo:
+        _run_entry_point({"aws:region": "eu-west-1", "liftoff:hpaCpuTarget": "0"}, monitor)
     assert "aws:region = eu-west-1" in str(excinfo.value)
     assert "liftoff:hpaCpuTarget = 0" in str(excinfo.value)
     assert monitor.recorded == []
-    assert pulumi.get_stack() == "dev"
 
 
 def test_runs_are_repeatable_in_one_process(dev_run: ProgramRun) -> None:
