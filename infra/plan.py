@@ -50,6 +50,7 @@ class PlannedResource:
     type: str
     name: str
     parent: str | None  # name of the parent component; None at the stack's top level
+    parent_type: str | None  # its type: components share the stack's name prefix
     component: str  # top-level component, "<Type> <name>" ("stack" when declared at top level)
     is_component: bool  # a ComponentResource (no cloud object of its own)
     inputs: dict[str, Any]  # secrets already replaced by "[secret]"
@@ -230,8 +231,6 @@ def _secret_values(run: ProgramRun, settings: StackSettings) -> tuple[list[str],
     for secret in (settings.llm_api_key, settings.client_keys):
         if secret is not None:
             found.add(secret.get_secret_value())
-    for name in run.secret_outputs:
-        _collect_strings(run.outputs.get(name), found)
     # Short strings ("true", "1") would scrub unrelated text; real secrets are long.
     return sorted((s for s in found if len(s) >= 8), key=len, reverse=True), redacted
 
@@ -265,6 +264,7 @@ def build_plan(stack: str, overrides: Mapping[str, str] | None = None) -> PlanRe
             type=r.type,
             name=r.name,
             parent=by_urn[r.parent_urn].name if r.parent_urn in by_urn else None,
+            parent_type=by_urn[r.parent_urn].type if r.parent_urn in by_urn else None,
             component=_top_component(r, by_urn),
             is_component=not r.custom,
             inputs=_scrub(redacted[r.urn], secrets),
@@ -314,7 +314,13 @@ def report_json(report: PlanReport) -> dict[str, Any]:
         "region": report.region,
         "environment": report.settings.environment,
         "resources": [
-            {"type": r.type, "name": r.name, "parent": r.parent, "inputs": r.inputs}
+            {
+                "type": r.type,
+                "name": r.name,
+                "parent": r.parent,
+                "parent_type": r.parent_type,
+                "inputs": r.inputs,
+            }
             for r in report.resources
         ],
         "policies": [

@@ -73,11 +73,11 @@ def test_json_shape(plans, stack: str) -> None:
     assert plan["region"] == load_stack_file(stack).region
     assert plan["resources"], "no resources planned"
     for resource in plan["resources"]:
-        assert set(resource) == {"type", "name", "parent", "inputs"}
+        assert set(resource) == {"type", "name", "parent", "parent_type", "inputs"}
         assert isinstance(resource["inputs"], dict)
-    parents = {r["parent"] for r in plan["resources"]}
-    names = {r["name"] for r in plan["resources"]}
-    assert None in parents and (parents - {None}) <= names  # parents are declared components
+    parents = {(r["parent_type"], r["parent"]) for r in plan["resources"]}
+    declared = {(r["type"], r["name"]) for r in plan["resources"]}
+    assert (None, None) in parents and parents - {(None, None)} <= declared  # parents are declared
     for finding in plan["policies"]:
         assert set(finding) >= {"rule", "severity", "resource", "message"}
         assert finding["severity"] in ("error", "warning")
@@ -135,7 +135,10 @@ def test_nodes_are_priced_at_desired_size(plans, stack: str) -> None:
 
 def test_secrets_never_appear_in_json(plans) -> None:
     _, plan, text, _ = plans["prod"]
-    redis_token = run_program("prod").one(CACHE).inputs["authTokenWo"]
+    program = run_program("prod", {"liftoff:llmApiKey": SENTINEL})
+    # Both values really flow into the program's inputs, so their absence below means redaction.
+    assert SENTINEL in json.dumps([r.inputs for r in program.resources])
+    redis_token = program.one(CACHE).inputs["authTokenWo"]
     assert len(redis_token) >= 16
     assert SENTINEL not in text
     assert redis_token not in text
