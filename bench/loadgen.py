@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -244,8 +245,9 @@ async def open_loop(
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[index]
+    # Nearest rank: the smallest value with at least q% of the values at or below it.
+    rank = math.ceil(q / 100 * len(sorted_values))
+    return sorted_values[min(len(sorted_values), max(rank, 1)) - 1]
 
 
 def _numeric_summary(values: list[float]) -> dict[str, float] | None:
