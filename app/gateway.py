@@ -61,7 +61,6 @@ log = logging.getLogger("liftoff.gateway")
 access = logging.getLogger("liftoff.access")
 
 SIMULATOR_KEY = "sk-liftoff-simulator"  # what the gateway sends to its built-in simulator
-MAX_AFTER_TASKS = 10_000  # bound on background settle/cache/metric tasks
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -72,6 +71,7 @@ class Ctx:
 
     route: str
     request_id: str
+    h: dict[str, str]  # request headers, decoded once (lower-case names)
     started: float = field(default_factory=time.perf_counter)
     model: str = "-"
     key: str = "-"
@@ -126,6 +126,8 @@ class Gateway:
         self.batcher: Any = None
         self.simulator: Any = None
         self._after: set[asyncio.Task[None]] = set()
+        # Resolved metric children per (route, model, status): labels() costs a lock and a lookup.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._forward = frozenset(config.upstream.forward_headers)
         self._forward_prefix = "x-simulator-" if config.uses_simulator else None
 
@@ -224,9 +226,11 @@ class Gateway:
         return key
 
     def after(self, coro: Any) -> None:
-        """Run work after the response, off its path; bounded, errors logged."""
-        if len(self._after) >= MAX_AFTER_TASKS:
-            log.error("after-work backlog full: running inline")
+        """Run work after the response, off its path; errors are logged.
+
+        The backlog stays bounded without a queue: each request schedules at most two tasks, and
+        each task ends within Redis' socket timeout (or at once in-process).
+        """
         task = asyncio.ensure_future(coro)
         self._after.add(task)
         task.add_done_callback(self._after_done)
@@ -245,20 +249,25 @@ class Gateway:
     # --- request helpers ---------------------------------------------------------------------
 
     def new_ctx(self, route: str, request: Request) -> Ctx:
-        given = request.headers.get("x-request-id")
+        # One pass over the raw headers; Starlette's Headers.get() scans the list on every call.
+        h = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+        given = h.get("x-request-id")
         rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
         request_id_var.set(rid)
-        return Ctx(route, rid)
+        return Ctx(route, rid, h)
 
     def finish(self, ctx: Ctx, response: Response, method: str) -> Response:
         """Headers every response carries, metrics and the access log line."""
-        headers = response.headers
-        headers["x-request-id"] = ctx.request_id
+        # Appending raw pairs: MutableHeaders.__setitem__ rescans the list for every header.
+        raw = response.raw_headers
+        present = {name for name, _ in raw}
+        raw.append((b"x-request-id", ctx.request_id.encode("latin-1")))
         for name, value in ctx.headers.items():
-            headers[name] = value
-        if "x-liftoff-overhead-ms" not in headers:
-            overhead = ctx.overhead_ms()
-            headers["x-liftoff-overhead-ms"] = f"{overhead:.3f}"
+            encoded = name.encode("latin-1")
+            if encoded not in present:
+                raw.append((encoded, value.encode("latin-1")))
+        if b"x-liftoff-overhead-ms" not in present:
+            raw.append((b"x-liftoff-overhead-ms", f"{ctx.overhead_ms():.3f}".encode()))
         if not isinstance(response, StreamingResponse):
             self.record(ctx, response.status_code, method)
         return response
@@ -269,10 +278,17 @@ class Gateway:
         now = time.perf_counter()
         elapsed = now - ctx.started
         overhead_ms = ctx.overhead_ms(now)
-        m = self.metrics
-        m.requests.labels(ctx.route, ctx.model, str(status)).inc()
-        m.latency.labels(ctx.route, ctx.model).observe(elapsed)
-        m.overhead.labels(ctx.route).observe(overhead_ms / 1000)
+        series = self._series.get((ctx.route, ctx.model, status))
+        if series is None:
+            m = self.metrics
+            series = self._series[(ctx.route, ctx.model, status)] = (
+                m.requests.labels(ctx.route, ctx.model, str(status)),
+                m.latency.labels(ctx.route, ctx.model),
+                m.overhead.labels(ctx.route),
+            )
+        series[0].inc()
+        series[1].observe(elapsed)
+        series[2].observe(overhead_ms / 1000)
         if self.config.server.access_log:
             fields = {
                 "method": method,
@@ -302,15 +318,15 @@ class Gateway:
         return Response(api.body(), api.status, api.headers, media_type="application/json")
 
     def authenticate(self, request: Request, ctx: Ctx) -> ClientKey:
-        key = self.keys.authenticate(request.headers.get("authorization"))
+        key = self.keys.authenticate(ctx.h.get("authorization"))
         ctx.key = key.name
         return key
 
-    async def read_json(self, request: Request) -> tuple[dict[str, Any], int]:
+    async def read_json(self, request: Request, ctx: Ctx) -> tuple[dict[str, Any], int]:
         limit = self.config.server.max_body_bytes
-        length = request.headers.get("content-length")
+        length = ctx.h.get("content-length")
         check_envelope(
-            request.headers.get("content-type"),
+            ctx.h.get("content-type"),
             int(length) if length and length.isdigit() else None,
             limit,
         )
@@ -358,21 +374,23 @@ class Gateway:
                 )
         return "\n".join(parts)
 
-    def forward_headers(self, request: Request) -> dict[str, str] | None:
+    def forward_headers(self, ctx: Ctx) -> dict[str, str] | None:
+        if not self._forward and self._forward_prefix is None:
+            return None
         out: dict[str, str] | None = None
         prefix = self._forward_prefix
-        for name, value in request.headers.items():
+        for name, value in ctx.h.items():
             if name in self._forward or (prefix is not None and name.startswith(prefix)):
                 out = out or {}
                 out[name] = value
         return out
 
-    def cache_mode(self, request: Request, parsed: ParsedRequest, canonical: dict[str, Any]) -> str:
+    def cache_mode(self, ctx: Ctx, canonical: dict[str, Any]) -> str:
         """'use' (look up and store) or 'bypass'."""
         if not self.config.cache.enabled:
             return "bypass"
-        directive = request.headers.get("x-liftoff-cache", "").lower()
-        if directive == "bypass" or "no-cache" in request.headers.get("cache-control", "").lower():
+        directive = ctx.h.get("x-liftoff-cache", "").lower()
+        if directive == "bypass" or "no-cache" in ctx.h.get("cache-control", "").lower():
             return "bypass"
         if directive == "force":
             return "use"
@@ -384,7 +402,7 @@ class Gateway:
         if not self.ready:
             raise NotReady()
         key = self.authenticate(request, ctx)
-        body, size = await self.read_json(request)
+        body, size = await self.read_json(request, ctx)
         models = self.config.models
         parsed = (
             validate_chat(body, models) if kind == "chat" else validate_completions(body, models)
@@ -400,7 +418,7 @@ class Gateway:
             body["user"] = "u-" + digest[:32]
 
         canonical = cache_mod.canonical_request(kind, body, parsed.model)
-        mode = self.cache_mode(request, parsed, canonical)
+        mode = self.cache_mode(ctx, canonical)
         output_tokens = parsed.worst_case_output_tokens
         worst = self.prices.worst_case(parsed.model, total_prompt, output_tokens)
         policy = self.policies[key.name]
@@ -488,7 +506,7 @@ class Gateway:
     ) -> tuple[bytes, str]:
         """One upstream call (batched when eligible): response bytes and the model that served."""
         path = "/v1/chat/completions" if parsed.kind == "chat" else "/v1/completions"
-        fwd = self.forward_headers(request)
+        fwd = self.forward_headers(ctx)
         if (
             parsed.kind == "completions"
             and self.batcher is not None
@@ -585,7 +603,7 @@ class Gateway:
         # Always ask for usage: it is what the budget is settled with.
         upstream_body = {**body, "stream_options": {"include_usage": True}}
         stream = await self.upstream.open_stream(
-            path, upstream_body, parsed.model, ctx.stats, self.forward_headers(request)
+            path, upstream_body, parsed.model, ctx.stats, self.forward_headers(ctx)
         )
         # The relay assembles the answer for the cache, and for the log when prompts are logged.
         assemble = cache_key is not None or self.config.server.log_prompts
