@@ -65,23 +65,29 @@ def create_redis(
     username: str | None = None,
     socket_timeout_s: float = 0.5,
     connect_timeout_s: float = 0.5,
-    max_connections: int = 256,
+    max_connections: int = 128,
+    pool_timeout_s: float = 0.5,
     health_check_interval_s: int = 30,
 ) -> aioredis.Redis:
     """A redis.asyncio client for `url` (redis://, or rediss:// for TLS) using the AUTH token.
 
     The AUTH token is passed separately so that it never has to be written into a URL (URLs end up
-    in config files and logs).
+    in config files and logs). The pool holds at most `max_connections`; a burst beyond that waits
+    up to `pool_timeout_s` for a free connection instead of failing at once or opening hundreds of
+    connections together (Lua calls take well under a millisecond, so a few dozen go far).
     """
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"redis url must start with redis://, rediss:// or unix://, got {url!r}")
-    if socket_timeout_s <= 0 or connect_timeout_s <= 0:
-        raise ValueError("socket_timeout_s and connect_timeout_s must be > 0")
+    if min(socket_timeout_s, connect_timeout_s, pool_timeout_s) <= 0:
+        raise ValueError("socket_timeout_s, connect_timeout_s and pool_timeout_s must be > 0")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
     options: dict[str, object] = {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": connect_timeout_s,
         "health_check_interval": health_check_interval_s,
         "max_connections": max_connections,
+        "timeout": pool_timeout_s,
         "retry": Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         "client_name": "liftoff-gateway",
     }
@@ -89,7 +95,7 @@ def create_redis(
         options["password"] = auth_token
         if username is not None:
             options["username"] = username
-    return aioredis.Redis.from_url(url, **options)
+    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, **options))
 
 
 def register_script(client: aioredis.Redis, source: str) -> AsyncScript:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ def test_bad_url_is_rejected_with_the_allowed_schemes(url: str) -> None:
 
 
 def test_timeouts_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="socket_timeout_s"):
+    with pytest.raises(ValueError, match="pool_timeout_s must be > 0"):
         create_redis("redis://127.0.0.1:6379/0", socket_timeout_s=0)
 
 
@@ -189,4 +190,12 @@ async def test_client_is_a_redis_asyncio_client(redis_url: str) -> None:
     client = create_redis(redis_url)
     assert isinstance(client, aioredis.Redis)
     assert await client.client_getname() == "liftoff-gateway"
+    await client.aclose()
+
+
+async def test_a_burst_beyond_the_pool_waits_for_connections(redis_url: str) -> None:
+    client = create_redis(redis_url, max_connections=4)
+    await asyncio.gather(*(ping(client) for _ in range(300)))
+    clients = await client.client_list()
+    assert sum(c["name"] == "liftoff-gateway" for c in clients) <= 4
     await client.aclose()
