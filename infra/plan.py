@@ -183,7 +183,7 @@ def _plain(value: Any) -> Any:
     return str(value)  # assets, archives
 
 
-def _mock_ids(run: ProgramRun, settings: StackSettings, stack: str) -> dict[str, str]:
+def mock_resource_ids(run: ProgramRun, settings: StackSettings, stack: str) -> dict[str, str]:
     """Resource ids the mocks assigned (deterministic), to trace id-valued inputs to resources."""
     mocks = LiftoffMocks(settings.region, stack)
     ids: dict[str, str] = {}
@@ -244,7 +244,7 @@ def build_plan(stack: str, overrides: Mapping[str, str] | None = None) -> PlanRe
     assert run.settings is not None
     settings = run.settings
     by_urn = {r.urn: r for r in run.resources}
-    ids = _mock_ids(run, settings, stack)
+    ids = mock_resource_ids(run, settings, stack)
     secrets, redacted = _secret_values(run, settings)
 
     records = [

@@ -32,6 +32,7 @@ from pulumi_policy import (
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
 from infra.mocking import run_program
+from infra.plan import mock_resource_ids
 from infra.policies import (
     RULES,
     RULES_BY_ID,
@@ -869,3 +870,37 @@ def test_served_pack_passes_the_real_prod_stack_and_catches_a_broken_override(an
     assert [d.policyName for d in broken if d.enforcementLevel == analyzer_pb2.MANDATORY] == [
         "CKV_AWS_150"
     ]
+
+
+def test_served_pack_stack_policies_over_the_real_program(analyzer) -> None:
+    run = run_program("prod")
+    assert run.settings is not None
+    ids = mock_resource_ids(run, run.settings, "prod")
+    provider = _aws_provider("prod", run.settings.region)
+
+    def analyze_stack(resources: list) -> list:
+        request = analyzer_pb2.AnalyzeStackRequest(
+            resources=[
+                analyzer_pb2.AnalyzerResource(
+                    type=r.type,
+                    # Stack policies see state: inputs plus the id the resource got.
+                    properties=_struct(
+                        {**r.inputs, **({"id": ids[r.urn]} if r.urn in ids else {})}
+                    ),
+                    urn=r.urn,
+                    name=r.name,
+                    provider=provider,
+                    parent=r.parent_urn,
+                )
+                for r in resources
+            ]
+        )
+        return [
+            d
+            for d in analyzer.AnalyzeStack(request).diagnostics
+            if d.enforcementLevel == analyzer_pb2.MANDATORY
+        ]
+
+    assert analyze_stack(run.resources) == []
+    without_budget = [r for r in run.resources if r.type != "aws:budgets/budget:Budget"]
+    assert [d.policyName for d in analyze_stack(without_budget)] == ["LIFTOFF_BUDGET"]
