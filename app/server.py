@@ -335,5 +335,14 @@ def create_app(
 
 
 def create_app_from_env() -> Starlette:
-    """Factory for ``uvicorn --factory app.server:create_app_from_env`` (config from the env)."""
+    """Factory for ``uvicorn --factory app.server:create_app_from_env`` (config from the env).
+
+    Used by each worker process when LIFTOFF_WORKERS > 1 (workers start as fresh interpreters,
+    so logging is set up here too).
+    """
+    import os
+
+    from app.log import setup_logging
+
+    setup_logging(os.environ.get("LIFTOFF_LOG_LEVEL", "INFO").upper())
     return create_app()
