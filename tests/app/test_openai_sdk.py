@@ -1,4 +1,4 @@
-"""The official OpenAI Python SDK against the gateway served by a real uvicorn on a loopback port."""
+"""The official OpenAI Python SDK against the gateway served by a real uvicorn on loopback."""
 
 from __future__ import annotations
 

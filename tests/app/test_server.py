@@ -313,3 +313,31 @@ async def test_prompts_and_completions_are_logged_only_when_enabled(simulator, c
     assert response.json()["choices"][0]["message"]["content"] in logged()
     access = [r for r in caplog.records if r.name == "liftoff.access"]
     assert any(getattr(r, "completion", None) for r in access if getattr(r, "stream", None))
+
+
+async def test_large_inputs_are_tokenized_off_the_event_loop(simulator):
+    import threading
+
+    config = make_config(simulator.url, server={"token_count_offload_chars": 2000})
+    async with running(config) as gw:
+        threads: list[str] = []
+        original = gw.gateway._count_sync
+
+        def spy(parsed):
+            threads.append(threading.current_thread().name)
+            return original(parsed)
+
+        gw.gateway._count_sync = spy
+        await gw.chat(messages=[{"role": "user", "content": "short"}])
+        await gw.chat(messages=[{"role": "user", "content": "long " * 1000}])
+    assert threads[0] == threading.main_thread().name
+    assert threads[1] != threading.main_thread().name
+
+
+async def test_embedded_simulator_when_no_upstream_url():
+    async with running(make_config(None), {"LIFTOFF_UPSTREAM_API_KEY": None}) as gw:
+        response = await gw.chat(
+            headers={"x-simulator-fault": "503", "x-simulator-fail-times": "1"}
+        )
+        assert gw.gateway.simulator is not None
+    assert response.status_code == 200
