@@ -181,7 +181,9 @@ class RawDecision:
     global_committed_usd: float
 
 
-def _limit_figures(limit: int, tat: float, now: float, cost: float, admitted: bool) -> tuple:
+def _limit_figures(
+    limit: int, tat: float, now: float, cost: float, admitted: bool
+) -> tuple[int, float, float]:
     """(remaining, reset s, retry s) of one GCRA limit; after this request if admitted."""
     after = gcra_next(tat, now, limit, cost) if admitted else max(tat, now)
     backlog = after - now
