@@ -5,12 +5,14 @@ resources become `StackValidationPolicy`s over the stack's resources (outputs, w
 dependencies that trace a node group's `subnetIds` to its subnets). Severity error maps to a
 mandatory policy (blocks `pulumi up`), warning to advisory.
 
-The rule context comes from what the engine passes: the stack name from the URN
-(`urn:pulumi:<stack>::<project>::...`), the region and default tags from the aws provider.
+The rule context comes from what the engine passes: the environment from the resources'
+`environment` tag (else the stack name in the URN, `urn:pulumi:<stack>::<project>::...`), the region
+and default tags from the aws provider.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -67,15 +69,30 @@ def _safe_get(props: Mapping[str, Any], key: str) -> Any:
         return None
 
 
-def context_for(urn: str, provider_props: Mapping[str, Any] | None) -> RuleContext:
+def _environment_tag(props: Mapping[str, Any]) -> str | None:
+    tags = _safe_get(props, "tags")
+    value = _safe_get(tags, "environment") if isinstance(tags, Mapping) else None
+    return str(value) if value else None
+
+
+def context_for(
+    urn: str, provider_props: Mapping[str, Any] | None, environment: str | None = None
+) -> RuleContext:
+    """Rule context of a resource: environment from its `environment` tag (the provider's default
+    tags, else the stack name); region from the provider, else the AWS_REGION it would use."""
     props = provider_props or {}
     stack = stack_of(urn)
-    region = _safe_get(props, "region")
+    region = (
+        _safe_get(props, "region")
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+    )
+    default_tags = default_tags_of({"defaultTags": _safe_get(props, "defaultTags")})
     return RuleContext(
         stack=stack,
         region=str(region) if region else None,
-        environment=environment_of(stack),
-        default_tags=default_tags_of({"defaultTags": _safe_get(props, "defaultTags")}),
+        environment=environment or default_tags.get("environment") or environment_of(stack),
+        default_tags=default_tags,
     )
 
 
@@ -97,19 +114,21 @@ def record_of(resource: PolicyResource) -> ResourceRecord:
 def stack_context(resources: Sequence[PolicyResource]) -> RuleContext:
     """Context from the aws provider of any resource (default or explicit)."""
     urn = resources[0].urn if resources else "urn:pulumi:unknown::"
+    environment = next(filter(None, (_environment_tag(r.props) for r in resources)), None)
     for resource in resources:
         if resource.provider is not None and resource.provider.resource_type == AWS_PROVIDER:
-            return context_for(resource.urn, resource.provider.props)
+            return context_for(resource.urn, resource.provider.props, environment)
         if resource.resource_type == AWS_PROVIDER:
-            return context_for(resource.urn, resource.props)
-    return context_for(urn, None)
+            return context_for(resource.urn, resource.props, environment)
+    return context_for(urn, None, environment)
 
 
 def _validate_resource(rule: Rule) -> Callable[[ResourceValidationArgs, ReportViolation], None]:
     def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
         if not rule.applies_to(args.resource_type):
             return
-        context = context_for(args.urn, args.provider.props if args.provider else None)
+        provider_props = args.provider.props if args.provider else None
+        context = context_for(args.urn, provider_props, _environment_tag(args.props))
         if not rule.applies(context):
             return
         record = ResourceRecord(args.resource_type, args.name, args.props, urn=args.urn)

@@ -692,6 +692,16 @@ def test_pack_production_rules_follow_the_stack_name() -> None:
     assert _violations(policy, _resource_args(LB, props, stack="prod"))
     assert _violations(policy, _resource_args(LB, props, stack="acme-prod"))
     assert _violations(policy, _resource_args(LB, props, stack="dev")) == []
+    # The environment tag wins over the stack name (a stack "perf" configured as prod).
+    assert _violations(
+        policy, _resource_args(LB, {**props, "tags": {"environment": "prod"}}, stack="perf")
+    )
+    assert (
+        _violations(
+            policy, _resource_args(LB, {**props, "tags": {"environment": "dev"}}, stack="prod")
+        )
+        == []
+    )
     assert (
         stack_of("urn:pulumi:acme-prod::liftoff::aws:lb/loadBalancer:LoadBalancer::alb")
         == "acme-prod"
@@ -766,6 +776,20 @@ def test_pack_stack_policy_reads_region_from_the_provider() -> None:
         _violations(policy, StackValidationArgs([_policy_resource(vpc, _provider("us-east-2"))]))
         == []
     )
+
+
+def test_pack_region_falls_back_to_the_environment_the_provider_reads(monkeypatch) -> None:
+    policy = _policy("LIFTOFF_US_REGION")
+    vpc = rec("aws:ec2/vpc:Vpc", "vpc")
+    no_region = PolicyProviderResource(
+        "pulumi:providers:aws", {}, "urn:pulumi:dev::liftoff::p::default", "default"
+    )
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "us-west-1")
+    assert _violations(policy, StackValidationArgs([_policy_resource(vpc, no_region)])) == []
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    [(message, _)] = _violations(policy, StackValidationArgs([_policy_resource(vpc, no_region)]))
+    assert "ap-south-1" in message
 
 
 # --- the pack as Pulumi runs it: a process serving the Analyzer gRPC API -----------------------
