@@ -6,9 +6,12 @@ program; importing this module (tests) only builds the policy list.
 
 from pulumi_policy import PolicyPack
 
+from infra.policies import rules_markdown
 from infra.policy.pack import PACK_DESCRIPTION, PACK_NAME, build_policies
 
 policies = build_policies()
 
 if __name__ == "__main__":
-    PolicyPack(name=PACK_NAME, policies=policies, description=PACK_DESCRIPTION)
+    PolicyPack(
+        name=PACK_NAME, policies=policies, description=PACK_DESCRIPTION, readme=rules_markdown()
+    )

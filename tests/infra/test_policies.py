@@ -40,6 +40,7 @@ from infra.policies import (
     ResourceRecord,
     RuleContext,
     evaluate,
+    rules_markdown,
     supports_tags,
 )
 from infra.policy.pack import build_policies, environment_of, stack_of
@@ -865,6 +866,16 @@ def test_served_pack_lists_every_rule_with_its_enforcement(analyzer) -> None:
     for rule in RULES:
         expected = analyzer_pb2.MANDATORY if rule.severity == "error" else analyzer_pb2.ADVISORY
         assert levels[rule.id] == expected, rule.id
+
+
+def test_rule_reference_is_current_and_served_as_the_pack_readme(analyzer) -> None:
+    readme = (REPO / "infra" / "policy" / "README.md").read_text()
+    assert readme == rules_markdown(), (
+        "regenerate: python -m infra.policies > infra/policy/README.md"
+    )
+    for rule in RULES:
+        assert f"`{rule.id}`" in readme
+    assert analyzer.GetAnalyzerInfo(empty_pb2.Empty()).readme == readme
 
 
 def test_served_pack_flags_a_failing_resource(analyzer) -> None:
