@@ -160,6 +160,8 @@ def test_human_output_shows_sections_and_hides_secrets() -> None:
         assert heading in out
     assert "[secret]" in out  # the cache's auth token column
     assert SENTINEL not in out + err
+    redis_token = run_program("dev").one(CACHE).inputs["authTokenWo"]
+    assert len(redis_token) >= 16 and redis_token not in out + err
 
 
 def test_region_what_if_adapts_azs_and_prices(plans) -> None:
