@@ -357,8 +357,12 @@ class Runner:
         started = time.perf_counter()
         result = run_load(spec, self.plan)
         wall = time.perf_counter() - started
-        result["cpu_cores_used"] = {
-            k: round((c.cpu_seconds() - before[k]) / wall, 2) for k, c in children.items()
+        spent = {k: c.cpu_seconds() - before[k] for k, c in children.items()}
+        result["cpu_cores_used"] = {k: round(v / wall, 2) for k, v in spent.items()}
+        # CPU per request hardly depends on what else the machine runs: the steadiest figure.
+        served = result["requests"] + result["warmup_requests"]
+        result["cpu_us_per_request"] = {
+            k: round(v / served * 1e6, 1) if served else None for k, v in spent.items()
         }
         result["mode"] = spec["mode"]
         if spec["mode"] == "open":
@@ -417,6 +421,10 @@ def run_benchmark(args: argparse.Namespace, runner: Runner) -> dict[str, Any]:
     figures["cache_miss_rps"] = closed["rps"]
     gateway_cpu = closed["cpu_cores_used"].get("gateway", 0)
     figures["cache_miss_gateway_cpu_cores"] = gateway_cpu
+    cpu_us = closed["cpu_us_per_request"].get("gateway")
+    figures["cache_miss_gateway_cpu_us_per_request"] = cpu_us
+    # What one dedicated core would sustain at that CPU cost per request.
+    figures["cache_miss_rps_one_core_projected"] = round(1e6 / cpu_us) if cpu_us else None
     if gateway_cpu < 0.9:
         notes.append(
             f"max cache-miss req/s: the gateway used {gateway_cpu:.2f} of its core, so the figure "

@@ -307,10 +307,12 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             spec["target"], template, float(spec["rate"]), duration, connections, capture_bytes
         )
 
+    warmup_requests = 0
     if spec.get("warmup_s"):
-        await phase(float(spec["warmup_s"]))
+        warmup, _ = await phase(float(spec["warmup_s"]))
+        warmup_requests = len(warmup.samples)
     recorder, elapsed = await phase(float(spec["duration_s"]))
-    return summarize(recorder, elapsed)
+    return {**summarize(recorder, elapsed), "warmup_requests": warmup_requests}
 
 
 def main(argv: list[str] | None = None) -> None:
