@@ -138,7 +138,6 @@ class ClusterArgs:
     cluster_name: str
     vpc_id: pulumi.Input[str]
     private_subnet_ids: Sequence[pulumi.Input[str]]
-    public_subnet_ids: Sequence[pulumi.Input[str]]
     # Network resources that must outlive the nodes and releases (destroy ordering).
     network_dependencies: Sequence[pulumi.Resource]
 

@@ -58,7 +58,6 @@ def build(settings: StackSettings) -> dict[str, object]:
             cluster_name=cluster_name,
             vpc_id=network.vpc_id,
             private_subnet_ids=network.private_subnet_ids,
-            public_subnet_ids=network.public_subnet_ids,
             network_dependencies=network.foundation,
         ),
     )
