@@ -40,7 +40,8 @@ MEMORY_RE = r"^[0-9]+(Ki|Mi|Gi|Ti)$"
 EMAIL_RE = r"^[^@\s]+@[^@\s]+\.[a-zA-Z]{2,}$"
 ACM_ARN_RE = r"^arn:aws:acm:us-(east|west)-[12]:[0-9]{12}:certificate/[0-9a-f-]{36}$"
 IAM_ROLE_ARN_RE = r"^arn:aws:iam::[0-9]{12}:role/[\w+=,.@/-]+$"
-K8S_VERSION_RE = r"^1\.(2[89]|3[0-9])$"
+# 1.30 is the first release with the native preStop sleep action the chart relies on.
+K8S_VERSION_RE = r"^1\.3[0-9]$"
 NAME_RE = r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$"
 IMAGE_RE = r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[\w.-]+)?(@sha256:[0-9a-f]{64})?$"
 TAG_KEY_RE = r"^[\w .:/=+@-]{1,128}$"
@@ -121,7 +122,7 @@ class StackSettings(BaseModel):
     # --- cluster -------------------------------------------------------------------------
     kubernetes_version: str = _setting(
         "1.33",
-        "an EKS Kubernetes version 1.28-1.39",
+        "an EKS Kubernetes version 1.30-1.39",
         "EKS control plane version.",
         alias="kubernetesVersion",
         pattern=K8S_VERSION_RE,

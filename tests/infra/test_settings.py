@@ -72,6 +72,10 @@ def test_cli_strings_are_decoded() -> None:
 
 INVALID = [
     (
+        {"liftoff:kubernetesVersion": "1.29"},
+        "liftoff:kubernetesVersion = 1.29: an EKS Kubernetes version 1.30-1.39",
+    ),
+    (
         {"aws:region": "eu-west-1"},
         "aws:region = eu-west-1: a US region: us-east-1, us-east-2, us-west-1, us-west-2",
     ),
@@ -281,6 +285,17 @@ def test_configuration_docs_are_up_to_date() -> None:
     )
     for key in KEY_TO_FIELD:
         assert f"| `{key}` |" in docs
+
+
+def test_readme_configuration_table_is_up_to_date() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("<!-- BEGIN CONFIG REFERENCE -->")[1].split(
+        "<!-- END CONFIG REFERENCE -->"
+    )[0]
+    table = [line for line in reference_markdown().splitlines() if line.startswith("|")]
+    assert [line for line in section.splitlines() if line.startswith("|")] == table, (
+        "README.md's configuration table is stale: copy the table from docs/configuration.md"
+    )
 
 
 def test_markdown_cli() -> None:
