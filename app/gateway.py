@@ -18,7 +18,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -610,6 +610,18 @@ class Gateway:
         relay = StreamRelay(parsed.kind, parsed.include_usage, keep_for_cache=assemble)
         ctx.headers["x-liftoff-cache"] = ctx.cache or "bypass"
         gateway = self
+        state = {"outcome": "client_gone", "closed": False}
+
+        def close() -> None:
+            # Runs once: from the generator's finally, or from the response when the client left
+            # before the generator ever started (then its finally never runs).
+            if state["closed"]:
+                return
+            state["closed"] = True
+            stream.close()
+            gateway._after_stream(
+                parsed, stream.model, relay, reservation, cache_key, ctx, state["outcome"]
+            )
 
         async def events() -> AsyncIterator[bytes]:
             outcome = "complete"
@@ -636,12 +648,12 @@ class Gateway:
                 outcome = "client_gone"
                 raise
             finally:
-                stream.close()
-                gateway._after_stream(
-                    parsed, stream.model, relay, reservation, cache_key, ctx, outcome
-                )
+                state["outcome"] = outcome
+                close()
 
-        return self._sse_response(events(), ctx)
+        response = self._sse_response(events(), ctx)
+        response.on_close = close
+        return response
 
     def _after_stream(
         self,
@@ -673,14 +685,14 @@ class Gateway:
 
     def _sse_response(
         self, body: AsyncIterator[bytes], ctx: Ctx, stream_model: str | None = None
-    ) -> StreamingResponse:
+    ) -> RelayResponse:
         ctx.fixed_overhead_ms = ctx.overhead_ms()
         headers = {
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
             "x-liftoff-overhead-ms": f"{ctx.fixed_overhead_ms:.3f}",
         }
-        response = StreamingResponse(body, 200, headers, media_type="text/event-stream")
+        response = RelayResponse(body, 200, headers, media_type="text/event-stream")
         if stream_model is not None:
             # A replayed cache hit: nothing else will log it.
             self.record(ctx, 200, "POST", {"stream": "replay"})
@@ -764,6 +776,23 @@ class Gateway:
             }
             for name in names
         ]
+
+
+class RelayResponse(StreamingResponse):
+    """A streaming response that always releases its upstream stream, even when the client went
+    away before the first chunk (the body generator then never starts, so its finally never
+    runs)."""
+
+    on_close: Callable[[], None] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            if self.on_close is not None:
+                self.on_close()
 
 
 async def iter_list(items: list[bytes]) -> AsyncIterator[bytes]:

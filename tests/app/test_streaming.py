@@ -4,7 +4,11 @@ cached, and a cached answer replays as a stream."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import orjson
+from starlette.requests import ClientDisconnect
 
 from app.streaming import StreamRelay, replay
 from tests.app.gateway_harness import auth, make_config, running
@@ -161,3 +165,59 @@ def test_replay_of_completions_with_usage():
     assert out[-1] == b"data: [DONE]\n\n"
     assert orjson.loads(out[-2][6:])["usage"]["total_tokens"] == 2
     assert orjson.loads(out[0][6:])["choices"][0]["text"] == "hello"
+
+
+async def test_client_leaving_before_first_chunk_releases_the_upstream_stream(simulator):
+    """The ASGI send fails at once: the body generator never starts, yet the provider stream
+    is closed, the concurrency slot freed and the reservation settled."""
+    from app.gateway import RelayResponse
+
+    config = make_config(simulator.url, upstream={"max_concurrency_per_model": 1})
+    async with running(config) as gw:
+        app = gw.client._transport.app  # the Starlette app behind the ASGI transport
+        body = orjson.dumps(
+            {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        )
+        sent = False
+
+        async def receive():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                raise OSError("client went away")
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"authorization", b"Bearer " + auth()["authorization"][7:].encode()),
+                (b"content-type", b"application/json"),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("gateway", 80),
+            "state": {},
+        }
+        for _ in range(2):
+            with contextlib.suppress(ClientDisconnect, TimeoutError):
+                await asyncio.wait_for(app(scope, receive, send), timeout=5)
+            sent = False
+        assert RelayResponse.on_close is None  # set per instance only
+        print("SEM", gw.gateway.upstream._semaphores)
+        # With a cap of 1, a leaked slot would make this wait forever.
+        response = await asyncio.wait_for(stream_chat(gw), timeout=5)
+        await gw.gateway.flush()
+        usage = (await gw.client.get("/v1/usage", headers=auth())).json()["usage"]
+    assert response.status_code == 200
+    assert usage["reserved_usd"] == 0
