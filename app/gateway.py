@@ -39,6 +39,7 @@ from app.errors import (
     RateLimited,
     StateUnavailable,
     StreamInterrupted,
+    UpstreamError,
     to_api_error,
 )
 from app.limits import KeyPolicy, MemoryLimitStore, RedisLimitStore, ResilientLimitStore
@@ -439,10 +440,18 @@ class Gateway:
                 k = await self.cache.key_for(canonical)
                 return k, await self.cache.get(k)
 
-            try:
-                admission, (cache_key, cached) = await asyncio.gather(admit, lookup())
-            except BackendUnavailable:
+            # Limits and cache lookup go to Redis side by side: one round-trip time, not two.
+            admitted, looked_up = await asyncio.gather(admit, lookup(), return_exceptions=True)
+            if isinstance(looked_up, BaseException):
+                # The cache never fails a request (and a reservation must not leak with it).
+                log.warning("cache lookup failed: %s", type(looked_up).__name__)
+            else:
+                cache_key, cached = looked_up
+            if isinstance(admitted, BackendUnavailable):
                 raise StateUnavailable() from None
+            if isinstance(admitted, BaseException):
+                raise admitted
+            admission = admitted
         else:
             try:
                 admission = await admit
@@ -554,7 +563,10 @@ class Gateway:
                 ctx.waited_s += time.perf_counter() - started
         else:
             data, served_by = await call()
-        response = orjson.loads(data)
+        try:
+            response = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(502, detail="the provider's 200 answer is not JSON") from None
         prompt, completion = _body_usage(response)
         if leader or cache_key is None:
             cost = (
