@@ -461,11 +461,11 @@ class Gateway:
         if admission.budget_remaining_usd is not None:
             ctx.headers["x-liftoff-budget-remaining"] = f"{admission.budget_remaining_usd:.6f}"
         if not admission.allowed:
-            self.metrics.rate_limited.labels(admission.reason).inc()
+            self.metrics.child(self.metrics.rate_limited, admission.reason).inc()
             log.info("rate limited", extra={"key": key.name, "reason": admission.reason})
             raise RateLimited(admission.reason, admission.retry_after_s, admission.headers)
         if admission.soft_exceeded:
-            self.metrics.budget_soft.labels(key.name).inc()
+            self.metrics.child(self.metrics.budget_soft, key.name).inc()
             log.warning(
                 "budget soft threshold passed",
                 extra={"key": key.name, "remaining_usd": admission.budget_remaining_usd},
@@ -474,10 +474,10 @@ class Gateway:
 
         if cached is not None:
             ctx.cache = "hit"
-            self.metrics.cache.labels("hit").inc()
+            self.metrics.child(self.metrics.cache, "hit").inc()
             return self._serve_cached(parsed, cached, reservation, ctx)
         ctx.cache = "miss" if mode == "use" else "bypass"
-        self.metrics.cache.labels(ctx.cache).inc()
+        self.metrics.child(self.metrics.cache, ctx.cache).inc()
         try:
             if self.config.upstream.moderation.enabled:
                 model = self.config.upstream.moderation.model
@@ -501,8 +501,8 @@ class Gateway:
         saved = self.prices.cost(parsed.model, prompt, completion)
         if reservation is not None:
             self.after(self.limits.settle(reservation, 0.0, prompt, completion, True, saved))
-        self.metrics.cache_saved_tokens.labels(parsed.model).inc(prompt + completion)
-        self.metrics.cache_saved_usd.labels(parsed.model).inc(saved)
+        self.metrics.child(self.metrics.cache_saved_tokens, parsed.model).inc(prompt + completion)
+        self.metrics.child(self.metrics.cache_saved_usd, parsed.model).inc(saved)
         ctx.headers["x-liftoff-cache"] = "hit"
         self._log_completion(ctx, response)
         if parsed.stream:
@@ -583,7 +583,7 @@ class Gateway:
             saved = self.prices.cost(parsed.model, prompt, completion)
             if reservation is not None:
                 self.after(self.limits.settle(reservation, 0.0, prompt, completion, True, saved))
-            self.metrics.cache_saved_usd.labels(parsed.model).inc(saved)
+            self.metrics.child(self.metrics.cache_saved_usd, parsed.model).inc(saved)
         ctx.headers["x-liftoff-cache"] = ctx.cache or "bypass"
         self._log_completion(ctx, response)
         return Response(data, 200, media_type="application/json")
@@ -598,9 +598,9 @@ class Gateway:
 
     def _count_usage(self, model: str, prompt: int, completion: int, cost: float) -> None:
         m = self.metrics
-        m.tokens.labels(model, "prompt").inc(prompt)
-        m.tokens.labels(model, "completion").inc(completion)
-        m.cost.labels(model).inc(cost)
+        m.child(m.tokens, model, "prompt").inc(prompt)
+        m.child(m.tokens, model, "completion").inc(completion)
+        m.child(m.cost, model).inc(cost)
 
     async def _stream(
         self,
@@ -645,7 +645,7 @@ class Gateway:
                         continue
                     if first:
                         first = False
-                        gateway.metrics.ttft.labels(parsed.model).observe(
+                        gateway.metrics.child(gateway.metrics.ttft, parsed.model).observe(
                             time.perf_counter() - ctx.started
                         )
                     yield out
@@ -653,7 +653,7 @@ class Gateway:
                     outcome = "upstream_error"
             except StreamInterrupted:
                 outcome = "interrupted"
-                gateway.metrics.stream_interruptions.labels(parsed.model).inc()
+                gateway.metrics.child(gateway.metrics.stream_interruptions, parsed.model).inc()
                 log.warning("upstream stream interrupted", extra={"model": parsed.model})
                 yield error_event(to_api_error(StreamInterrupted()))
             except BaseException:

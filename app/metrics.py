@@ -7,6 +7,8 @@ series; scrape each pod, and aggregate with sum() in queries.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -26,6 +28,7 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "liftoff_requests_total",
             "Requests by route, model and status.",
@@ -138,6 +141,17 @@ class Metrics:
             "1 while Redis is unreachable and the gateway runs degraded.",
             registry=r,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, resolved once: labels() takes a lock and builds a tuple.
+
+        Label values come from bounded sets (routes, catalog models, client keys, reasons).
+        """
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def set_circuit(self, model: str, state: str) -> None:
         self.circuit_state.labels(model).set(BREAKER_STATES[state])

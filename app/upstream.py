@@ -366,7 +366,7 @@ class UpstreamClient:
                 last = exc
             else:
                 if candidate != model:
-                    self.metrics.upstream_fallbacks.labels(model, candidate).inc()
+                    self.metrics.child(self.metrics.upstream_fallbacks, model, candidate).inc()
                     log.warning("served by fallback", extra={"model": model, "fallback": candidate})
                 stats.model_used = candidate
                 return result
@@ -395,7 +395,7 @@ class UpstreamClient:
                 if delay is None:
                     # The provider asks for a longer pause than we may hold the client for.
                     raise retry.error from None
-                self.metrics.upstream_retries.labels(model, retry.reason).inc()
+                self.metrics.child(self.metrics.upstream_retries, model, retry.reason).inc()
                 log.info(
                     "retrying upstream",
                     extra={"model": model, "reason": retry.reason, "delay_s": round(delay, 3)},
@@ -433,7 +433,7 @@ class UpstreamClient:
         breaker = self.breaker(model)
         breaker.before_call()
         payload = orjson.dumps(body if body.get("model") == model else {**body, "model": model})
-        gauge = self.metrics.upstream_in_flight.labels(model)
+        gauge = self.metrics.child(self.metrics.upstream_in_flight, model)
         healthy: bool | None = None
         async with self._semaphore(model):
             gauge.inc()
@@ -487,7 +487,7 @@ class UpstreamClient:
         payload = orjson.dumps(body if body.get("model") == model else {**body, "model": model})
         semaphore = self._semaphore(model)
         await semaphore.acquire()
-        gauge = self.metrics.upstream_in_flight.labels(model)
+        gauge = self.metrics.child(self.metrics.upstream_in_flight, model)
         gauge.inc()
 
         def release() -> None:
