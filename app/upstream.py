@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from app.config import ModelsConfig, UpstreamConfig
 from app.errors import (
@@ -249,6 +250,7 @@ class UpstreamClient:
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}
         for name in models.catalog:
             metrics.set_circuit(name, "closed")
 
@@ -270,6 +272,7 @@ class UpstreamClient:
             read_bufsize=1 << 17,
             skip_auto_headers=("User-Agent",),
             headers={"user-agent": "liftoff-gateway"},
+            cookie_jar=aiohttp.DummyCookieJar(),  # a provider sets no cookies we should keep
         )
 
     async def close(self) -> None:
@@ -285,6 +288,13 @@ class UpstreamClient:
                 model, cfg.failure_threshold, cfg.reset_after_s, self.metrics.set_circuit
             )
         return breaker
+
+    def _url(self, path: str) -> yarl.URL:
+        # Parsed once per path: aiohttp would parse a str URL on every request.
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = yarl.URL(self.base_url + path)
+        return url
 
     def _semaphore(self, model: str) -> asyncio.Semaphore:
         sem = self._semaphores.get(model)
@@ -441,7 +451,7 @@ class UpstreamClient:
             try:
                 stats.attempts += 1
                 async with self._session.post(
-                    self.base_url + path, data=payload, headers=self._headers(extra)
+                    self._url(path), data=payload, headers=self._headers(extra)
                 ) as response:
                     data = await response.read()
                     status = response.status
@@ -499,7 +509,7 @@ class UpstreamClient:
         try:
             stats.attempts += 1
             response = await self._session.post(
-                self.base_url + path, data=payload, headers=self._headers(extra)
+                self._url(path), data=payload, headers=self._headers(extra)
             )
             if response.status != 200:
                 data = await response.read()
