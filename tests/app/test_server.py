@@ -341,3 +341,30 @@ async def test_embedded_simulator_when_no_upstream_url():
         )
         assert gw.gateway.simulator is not None
     assert response.status_code == 200
+
+
+async def test_global_budget_caps_all_keys_together(simulator):
+    config = make_config(simulator.url, budgets={"global_monthly_usd": 0.00008})
+    async with running(config) as gw:
+        # fast: $0.60 per 1M output tokens. Worst case of the first: ~$0.0000615, it fits; it
+        # really spends at least 16 tokens' worth, after which bob's worst case (~$0.0000735)
+        # no longer fits in what is left of the global budget.
+        first = await gw.chat(max_tokens=100)
+        await gw.gateway.flush()
+        second = await gw.chat(key=BOB, max_tokens=120)
+        usage = (await gw.client.get("/v1/usage", headers=auth(ADMIN))).json()
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert second.json()["error"]["code"] == "insufficient_quota"
+    assert "global" in second.json()["error"]["message"]
+    assert usage["global_monthly_budget_usd"] == 0.00008
+    assert usage["global"]["spent_usd"] > 0
+
+
+async def test_invalidate_rejects_unknown_model(simulator):
+    async with running(make_config(simulator.url)) as gw:
+        response = await gw.client.post(
+            "/admin/cache/invalidate", json={"model": "gpt-9"}, headers=auth(ADMIN)
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model"
