@@ -5,12 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: plan serve simulator test test-infra test-app test-charts bench lint format image helm clean
+.PHONY: plan serve simulator test test-infra test-app test-charts bench lint format image helm lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 plan: $(STAMP)  ## offline plan of a stack under Pulumi's mock runtime: make plan STACK=prod
@@ -54,6 +54,11 @@ image:  ## build the gateway image where a container engine runs
 	else \
 		echo "make image: no running container engine (docker info failed); build on a machine with Docker or let 'pulumi up' build it via docker-build." >&2; exit 1; \
 	fi
+
+lock: $(STAMP)  ## re-pin constraints.txt to what the venv resolves (after changing pyproject.toml)
+	$(PY) -m pip install --quiet --upgrade -e '.[test]'
+	{ head -n 2 constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^liftoff'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache

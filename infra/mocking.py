@@ -8,6 +8,7 @@ protect, delete_before_replace, provider), so invariants such as destroy orderin
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -452,6 +453,18 @@ def flat_config(stack: str, overrides: Mapping[str, str] | None) -> dict[str, st
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
+def ensure_event_loop() -> None:
+    """Give this thread an open event loop: Pulumi's runtime uses the current one, and an
+    earlier asyncio user in the same process (pytest-asyncio, asyncio.run) may have closed or
+    unset it."""
+    try:
+        if not asyncio.get_event_loop_policy().get_event_loop().is_closed():
+            return
+    except RuntimeError:
+        pass
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(stack: str, overrides: Mapping[str, str] | None = None) -> ProgramRun:
     """Run the program for `stack` under mocks; SettingsError comes before any resource."""
     settings = load_stack_file(stack, overrides)  # fails fast, before the runtime is touched
@@ -464,6 +477,7 @@ def run_program(stack: str, overrides: Mapping[str, str] | None = None) -> Progr
     handler = _ListHandler()
     logger.handlers = [handler]
 
+    ensure_event_loop()
     runtime_settings.reset_options(project=PROJECT, stack=stack, preview=False)
     set_all_config(config, [k for k in SECRET_KEYS if k in config])
     pulumi_mocks.set_mocks(

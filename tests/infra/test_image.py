@@ -14,6 +14,7 @@ import pytest
 from pulumi.runtime import rpc
 
 from infra.image import GatewayImage, GatewayImageArgs, context_tag, lifecycle_policy
+from infra.mocking import ensure_event_loop
 from infra.workload import split_image_ref
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,7 @@ class ImageMocks(pulumi.runtime.Mocks):
 @pytest.fixture
 def mocks() -> ImageMocks:
     recorder = ImageMocks()
+    ensure_event_loop()
     pulumi.runtime.set_mocks(recorder, project="liftoff", stack="dev", preview=False)
     return recorder
 

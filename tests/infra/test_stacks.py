@@ -9,7 +9,14 @@ from collections import Counter
 
 import pytest
 
-from infra.mocking import LiftoffMocks, ProgramRun, RecordedResource, RecordingMonitor, run_program
+from infra.mocking import (
+    LiftoffMocks,
+    ProgramRun,
+    RecordedResource,
+    RecordingMonitor,
+    ensure_event_loop,
+    run_program,
+)
 from infra.settings import ENVIRONMENTS, SettingsError
 
 CLUSTER = "aws:eks/cluster:Cluster"
@@ -464,6 +471,7 @@ def _run_entry_point(config: dict[str, str], monitor: RecordingMonitor, stack: s
     from pulumi.runtime.stack import wait_for_rpcs
     from pulumi.runtime.sync_await import _sync_await
 
+    ensure_event_loop()
     runtime_settings.reset_options(project="liftoff", stack=stack)
     set_all_config(config, [])
     pulumi_mocks.set_mocks(
