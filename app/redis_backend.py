@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Literal, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
+    NoScriptError,
     ReadOnlyError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, KeyT
+
+from app.redis_pipelined import PipelinedRedis
 
 T = TypeVar("T")
 
@@ -95,12 +99,35 @@ def create_redis(
         options["password"] = auth_token
         if username is not None:
             options["username"] = username
-    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, **options))
+    # Commands share one pipelined connection; the pool serves pipelines (see redis_pipelined).
+    return PipelinedRedis.from_pool(aioredis.BlockingConnectionPool.from_url(url, **options))
 
 
-def register_script(client: aioredis.Redis, source: str) -> AsyncScript:
+class Script:
+    """A Lua script run by EVALSHA; after NOSCRIPT (restart, flush) one EVAL runs and loads it.
+
+    Lighter than redis-py's AsyncScript (which answers NOSCRIPT with SCRIPT LOAD and a second
+    EVALSHA: two more round trips) and it goes through `client.execute_command`, so it takes
+    the client's pipelined connection.
+    """
+
+    __slots__ = ("client", "sha", "source")
+
+    def __init__(self, client: aioredis.Redis, source: str) -> None:
+        self.client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[KeyT] = (), args: Iterable[EncodableT] = ()) -> Any:
+        try:
+            return await self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.client.execute_command("EVAL", self.source, len(keys), *keys, *args)
+
+
+def register_script(client: aioredis.Redis, source: str) -> Script:
     """A Lua script run by EVALSHA, loaded again by itself after NOSCRIPT (restart, flush)."""
-    return client.register_script(source)
+    return Script(client, source)
 
 
 async def ping(client: aioredis.Redis) -> None:
