@@ -13,6 +13,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from infra import iam
 from infra.settings import StackSettings, is_arm
 from infra.tags import tags
 
@@ -36,51 +37,6 @@ NODE_POLICIES = (
     "AmazonEC2ContainerRegistryReadOnly",
     "AmazonSSMManagedInstanceCore",
 )
-
-
-def assume_role_policy(service: str) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
-            ],
-        }
-    )
-
-
-def irsa_trust_policy(
-    oidc_provider_arn: pulumi.Input[str],
-    oidc_issuer_url: pulumi.Input[str],
-    namespace: str,
-    service_account: str,
-) -> pulumi.Output[str]:
-    """Trust policy letting exactly one Kubernetes service account assume the role (IRSA)."""
-
-    def render(args: list[str]) -> str:
-        arn, url = args
-        issuer = url.removeprefix("https://")
-        subject = f"system:serviceaccount:{namespace}:{service_account}"
-        return json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"Federated": arn},
-                        "Action": "sts:AssumeRoleWithWebIdentity",
-                        "Condition": {
-                            "StringEquals": {
-                                f"{issuer}:sub": subject,
-                                f"{issuer}:aud": "sts.amazonaws.com",
-                            }
-                        },
-                    }
-                ],
-            }
-        )
-
-    return pulumi.Output.all(oidc_provider_arn, oidc_issuer_url).apply(render)
 
 
 def build_kubeconfig(
@@ -156,12 +112,12 @@ class Cluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self._settings = s
 
-        cluster_role = aws.iam.Role(
+        cluster_role = iam.role(
             f"{name}-cluster-role",
-            name=f"{s.prefix}-eks-cluster",
-            assume_role_policy=assume_role_policy("eks.amazonaws.com"),
-            tags=tags(s, f"{s.prefix}-eks-cluster"),
-            opts=child,
+            s,
+            f"{s.prefix}-eks-cluster",
+            iam.assume_role_policy("eks.amazonaws.com"),
+            child,
         )
         cluster_policy = aws.iam.RolePolicyAttachment(
             f"{name}-cluster-policy",
@@ -323,12 +279,12 @@ class Cluster(pulumi.ComponentResource):
     ) -> aws.eks.NodeGroup:
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
-        node_role = aws.iam.Role(
+        node_role = iam.role(
             f"{name}-node-role",
-            name=f"{s.prefix}-eks-nodes",
-            assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
-            tags=tags(s, f"{s.prefix}-eks-nodes"),
-            opts=child,
+            s,
+            f"{s.prefix}-eks-nodes",
+            iam.assume_role_policy("ec2.amazonaws.com"),
+            child,
         )
         attachments = [
             aws.iam.RolePolicyAttachment(
@@ -411,20 +367,22 @@ class Cluster(pulumi.ComponentResource):
         self, name: str, namespace: str, service_account: str, policy: pulumi.Input[str]
     ) -> aws.iam.Role:
         """An IRSA role for one service account with one inline policy; child of this cluster."""
-        s = self._settings
-        role = aws.iam.Role(
+        account_role = iam.role(
             f"{name}-role",
-            name=f"{s.prefix}-{service_account}"[:64],
-            assume_role_policy=irsa_trust_policy(
+            self._settings,
+            f"{self._settings.prefix}-{service_account}",
+            iam.irsa_trust_policy(
                 self.oidc_provider_arn, self.oidc_issuer_url, namespace, service_account
             ),
-            tags=tags(s, f"{s.prefix}-{service_account}"),
-            opts=pulumi.ResourceOptions(parent=self),
+            pulumi.ResourceOptions(parent=self),
         )
         aws.iam.RolePolicy(
-            f"{name}-policy", role=role.id, policy=policy, opts=pulumi.ResourceOptions(parent=role)
+            f"{name}-policy",
+            role=account_role.id,
+            policy=policy,
+            opts=pulumi.ResourceOptions(parent=account_role),
         )
-        return role
+        return account_role
 
     def helm_options(
         self, parent: pulumi.Resource, extra: Sequence[pulumi.Resource] = ()
@@ -455,44 +413,39 @@ class Cluster(pulumi.ComponentResource):
 
     def _cluster_autoscaler(self, name: str, cluster_name: str) -> None:
         s = self._settings
-        policy = json.dumps(
+        policy = iam.policy_document(
             {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": [
-                            "autoscaling:DescribeAutoScalingGroups",
-                            "autoscaling:DescribeAutoScalingInstances",
-                            "autoscaling:DescribeLaunchConfigurations",
-                            "autoscaling:DescribeScalingActivities",
-                            "autoscaling:DescribeTags",
-                            "ec2:DescribeImages",
-                            "ec2:DescribeInstanceTypes",
-                            "ec2:DescribeLaunchTemplateVersions",
-                            "ec2:GetInstanceTypesFromInstanceRequirements",
-                            "eks:DescribeNodegroup",
-                        ],
-                        "Resource": "*",
-                    },
-                    {
-                        # Only groups tagged as this cluster's may be resized.
-                        "Effect": "Allow",
-                        "Action": [
-                            "autoscaling:SetDesiredCapacity",
-                            "autoscaling:TerminateInstanceInAutoScalingGroup",
-                        ],
-                        "Resource": "*",
-                        "Condition": {
-                            "StringEquals": {
-                                f"aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster_name}": "owned"
-                            }
-                        },
-                    },
+                "Effect": "Allow",
+                "Action": [
+                    "autoscaling:DescribeAutoScalingGroups",
+                    "autoscaling:DescribeAutoScalingInstances",
+                    "autoscaling:DescribeLaunchConfigurations",
+                    "autoscaling:DescribeScalingActivities",
+                    "autoscaling:DescribeTags",
+                    "ec2:DescribeImages",
+                    "ec2:DescribeInstanceTypes",
+                    "ec2:DescribeLaunchTemplateVersions",
+                    "ec2:GetInstanceTypesFromInstanceRequirements",
+                    "eks:DescribeNodegroup",
                 ],
-            }
+                "Resource": "*",
+            },
+            {
+                # Only groups tagged as this cluster's may be resized.
+                "Effect": "Allow",
+                "Action": [
+                    "autoscaling:SetDesiredCapacity",
+                    "autoscaling:TerminateInstanceInAutoScalingGroup",
+                ],
+                "Resource": "*",
+                "Condition": {
+                    "StringEquals": {
+                        f"aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster_name}": "owned"
+                    }
+                },
+            },
         )
-        role = self.service_account_role(
+        autoscaler_role = self.service_account_role(
             f"{name}-cluster-autoscaler", "kube-system", "cluster-autoscaler", policy
         )
         self._helm(
@@ -506,7 +459,7 @@ class Cluster(pulumi.ComponentResource):
                 "rbac": {
                     "serviceAccount": {
                         "name": "cluster-autoscaler",
-                        "annotations": {"eks.amazonaws.com/role-arn": role.arn},
+                        "annotations": {"eks.amazonaws.com/role-arn": autoscaler_role.arn},
                     }
                 },
                 "extraArgs": {

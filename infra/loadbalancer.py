@@ -3,7 +3,6 @@ Load Balancer Controller that registers the gateway's pods through a TargetGroup
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from infra import iam
 from infra.cluster import Cluster
 from infra.settings import StackSettings
 from infra.tags import tags
@@ -247,27 +247,22 @@ class LoadBalancer(pulumi.ComponentResource):
         )
         account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self))
         policy_doc = pulumi.Output.all(bucket.arn, account.account_id).apply(
-            lambda a: json.dumps(
+            lambda a: iam.policy_document(
                 {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "ElbWritesAccessLogs",
-                            "Effect": "Allow",
-                            "Principal": {"AWS": f"arn:aws:iam::{ELB_LOG_ACCOUNTS[s.region]}:root"},
-                            "Action": "s3:PutObject",
-                            "Resource": f"{a[0]}/alb/AWSLogs/{a[1]}/*",
-                        },
-                        {
-                            "Sid": "DenyInsecureTransport",
-                            "Effect": "Deny",
-                            "Principal": "*",
-                            "Action": "s3:*",
-                            "Resource": [a[0], f"{a[0]}/*"],
-                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                        },
-                    ],
-                }
+                    "Sid": "ElbWritesAccessLogs",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:aws:iam::{ELB_LOG_ACCOUNTS[s.region]}:root"},
+                    "Action": "s3:PutObject",
+                    "Resource": f"{a[0]}/alb/AWSLogs/{a[1]}/*",
+                },
+                {
+                    "Sid": "DenyInsecureTransport",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": "s3:*",
+                    "Resource": [a[0], f"{a[0]}/*"],
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                },
             )
         )
         policy = aws.s3.BucketPolicy(
@@ -317,7 +312,7 @@ class LoadBalancer(pulumi.ComponentResource):
         vpc_id: pulumi.Input[str],
         target_group: aws.lb.TargetGroup,
     ) -> pulumi.Resource:
-        policy = target_group.arn.apply(lambda arn: lb_controller_policy(arn))
+        policy = target_group.arn.apply(lb_controller_policy)
         role = cluster.service_account_role(
             f"{name}-lb-controller", "kube-system", LB_CONTROLLER_SA, policy
         )
@@ -352,37 +347,32 @@ def lb_controller_policy(target_group_arn: str) -> str:
 
     The stack owns the ALB, so the controller needs no rights to create load balancers.
     """
-    return json.dumps(
+    return iam.policy_document(
         {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Action": [
-                        "elasticloadbalancing:DescribeLoadBalancers",
-                        "elasticloadbalancing:DescribeTargetGroups",
-                        "elasticloadbalancing:DescribeTargetHealth",
-                        "elasticloadbalancing:DescribeListeners",
-                        "elasticloadbalancing:DescribeTags",
-                        "elasticloadbalancing:DescribeTargetGroupAttributes",
-                        "elasticloadbalancing:DescribeLoadBalancerAttributes",
-                        "ec2:DescribeSecurityGroups",
-                        "ec2:DescribeInstances",
-                        "ec2:DescribeNetworkInterfaces",
-                        "ec2:DescribeSubnets",
-                        "ec2:DescribeVpcs",
-                        "ec2:DescribeAvailabilityZones",
-                    ],
-                    "Resource": "*",
-                },
-                {
-                    "Effect": "Allow",
-                    "Action": [
-                        "elasticloadbalancing:RegisterTargets",
-                        "elasticloadbalancing:DeregisterTargets",
-                    ],
-                    "Resource": target_group_arn,
-                },
+            "Effect": "Allow",
+            "Action": [
+                "elasticloadbalancing:DescribeLoadBalancers",
+                "elasticloadbalancing:DescribeTargetGroups",
+                "elasticloadbalancing:DescribeTargetHealth",
+                "elasticloadbalancing:DescribeListeners",
+                "elasticloadbalancing:DescribeTags",
+                "elasticloadbalancing:DescribeTargetGroupAttributes",
+                "elasticloadbalancing:DescribeLoadBalancerAttributes",
+                "ec2:DescribeSecurityGroups",
+                "ec2:DescribeInstances",
+                "ec2:DescribeNetworkInterfaces",
+                "ec2:DescribeSubnets",
+                "ec2:DescribeVpcs",
+                "ec2:DescribeAvailabilityZones",
             ],
-        }
+            "Resource": "*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": [
+                "elasticloadbalancing:RegisterTargets",
+                "elasticloadbalancing:DeregisterTargets",
+            ],
+            "Resource": target_group_arn,
+        },
     )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
+from infra import iam
 from infra.settings import StackSettings
 from infra.tags import tags
 
@@ -213,42 +213,26 @@ class Network(pulumi.ComponentResource):
             tags=tags(s, f"{s.prefix}-flow-logs"),
             opts=child,
         )
-        flow_role = aws.iam.Role(
+        flow_role = iam.role(
             f"{name}-flow-logs-role",
-            name=f"{s.prefix}-vpc-flow-logs",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "vpc-flow-logs.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
-            tags=tags(s, f"{s.prefix}-vpc-flow-logs"),
-            opts=child,
+            s,
+            f"{s.prefix}-vpc-flow-logs",
+            iam.assume_role_policy("vpc-flow-logs.amazonaws.com"),
+            child,
         )
         aws.iam.RolePolicy(
             f"{name}-flow-logs-policy",
             role=flow_role.id,
             policy=flow_log_group.arn.apply(
-                lambda arn: json.dumps(
+                lambda arn: iam.policy_document(
                     {
-                        "Version": "2012-10-17",
-                        "Statement": [
-                            {
-                                "Effect": "Allow",
-                                "Action": [
-                                    "logs:CreateLogStream",
-                                    "logs:PutLogEvents",
-                                    "logs:DescribeLogStreams",
-                                ],
-                                "Resource": f"{arn}:*",
-                            }
+                        "Effect": "Allow",
+                        "Action": [
+                            "logs:CreateLogStream",
+                            "logs:PutLogEvents",
+                            "logs:DescribeLogStreams",
                         ],
+                        "Resource": f"{arn}:*",
                     }
                 )
             ),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
+from infra import iam
 from infra.settings import StackSettings
 from infra.tags import tags
 
@@ -57,20 +57,15 @@ class Observability(pulumi.ComponentResource):
             f"{name}-alerts-policy",
             arn=topic.arn,
             policy=topic.arn.apply(
-                lambda arn: json.dumps(
+                lambda arn: iam.policy_document(
                     {
-                        "Version": "2012-10-17",
-                        "Statement": [
-                            {
-                                "Sid": "BudgetsAndAlarmsPublish",
-                                "Effect": "Allow",
-                                "Principal": {
-                                    "Service": ["budgets.amazonaws.com", "cloudwatch.amazonaws.com"]
-                                },
-                                "Action": "SNS:Publish",
-                                "Resource": arn,
-                            }
-                        ],
+                        "Sid": "BudgetsAndAlarmsPublish",
+                        "Effect": "Allow",
+                        "Principal": {
+                            "Service": ["budgets.amazonaws.com", "cloudwatch.amazonaws.com"]
+                        },
+                        "Action": "SNS:Publish",
+                        "Resource": arn,
                     }
                 )
             ),
@@ -217,24 +212,19 @@ class Observability(pulumi.ComponentResource):
 
 def alerts_key_policy(account_id: str) -> str:
     """The account administers the key; CloudWatch and Budgets may encrypt messages with it."""
-    return json.dumps(
+    return iam.policy_document(
         {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": "AccountAdministers",
-                    "Effect": "Allow",
-                    "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"},
-                    "Action": "kms:*",
-                    "Resource": "*",
-                },
-                {
-                    "Sid": "AlarmsAndBudgetsPublish",
-                    "Effect": "Allow",
-                    "Principal": {"Service": ["cloudwatch.amazonaws.com", "budgets.amazonaws.com"]},
-                    "Action": ["kms:GenerateDataKey*", "kms:Decrypt"],
-                    "Resource": "*",
-                },
-            ],
-        }
+            "Sid": "AccountAdministers",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        },
+        {
+            "Sid": "AlarmsAndBudgetsPublish",
+            "Effect": "Allow",
+            "Principal": {"Service": ["cloudwatch.amazonaws.com", "budgets.amazonaws.com"]},
+            "Action": ["kms:GenerateDataKey*", "kms:Decrypt"],
+            "Resource": "*",
+        },
     )

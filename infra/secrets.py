@@ -13,6 +13,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
+from infra import iam
 from infra.cluster import Cluster
 from infra.settings import StackSettings
 from infra.tags import tags
@@ -142,19 +143,14 @@ class Secrets(pulumi.ComponentResource):
 
 def app_secrets_policy(secret_arns: list[str], key_arn: str, region: str) -> str:
     """Read exactly these secrets, decrypt with exactly this key and only via Secrets Manager."""
-    return json.dumps(
+    return iam.policy_document(
+        {"Effect": "Allow", "Action": SECRET_READ_ACTIONS, "Resource": sorted(secret_arns)},
         {
-            "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": "Allow", "Action": SECRET_READ_ACTIONS, "Resource": sorted(secret_arns)},
-                {
-                    "Effect": "Allow",
-                    "Action": "kms:Decrypt",
-                    "Resource": key_arn,
-                    "Condition": {
-                        "StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}
-                    },
-                },
-            ],
-        }
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": key_arn,
+            "Condition": {
+                "StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}
+            },
+        },
     )
