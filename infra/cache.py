@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from infra.primitives import tcp_rule
 from infra.settings import StackSettings
 from infra.tags import tags
 
@@ -53,15 +54,15 @@ class Cache(pulumi.ComponentResource):
             tags=tags(s, f"{s.prefix}-cache"),
             opts=child,
         )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-cache-from-nodes",
+        tcp_rule(
+            name,
+            s,
+            "cache-from-nodes",
+            "ingress",
             security_group_id=sg.id,
+            port=CACHE_PORT,
             referenced_security_group_id=args.node_security_group_id,
-            ip_protocol="tcp",
-            from_port=CACHE_PORT,
-            to_port=CACHE_PORT,
             description="Redis protocol from the EKS nodes and pods",
-            tags=tags(s, f"{s.prefix}-cache-from-nodes"),
             opts=child,
         )
         subnet_group = aws.elasticache.SubnetGroup(

@@ -14,6 +14,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra import iam
+from infra.primitives import kms_key
 from infra.settings import StackSettings, is_arm
 from infra.tags import tags
 
@@ -125,18 +126,12 @@ class Cluster(pulumi.ComponentResource):
             policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
             opts=child,
         )
-        secrets_key = aws.kms.Key(
+        secrets_key = kms_key(
             f"{name}-secrets-key",
+            s,
             description=f"{s.prefix}: envelope encryption of Kubernetes secrets",
-            enable_key_rotation=True,
-            deletion_window_in_days=30 if s.is_prod else 7,
-            tags=tags(s, f"{s.prefix}-eks-secrets"),
-            opts=child,
-        )
-        aws.kms.Alias(
-            f"{name}-secrets-key-alias",
-            name=f"alias/{s.prefix}-eks-secrets",
-            target_key_id=secrets_key.key_id,
+            tag_name=f"{s.prefix}-eks-secrets",
+            alias=True,
             opts=child,
         )
         # Created before the cluster so its retention is ours, not "never expire".

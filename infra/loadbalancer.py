@@ -12,6 +12,7 @@ import pulumi_kubernetes as k8s
 
 from infra import iam
 from infra.cluster import Cluster
+from infra.primitives import tcp_rule
 from infra.settings import StackSettings
 from infra.tags import tags
 from infra.timings import ShutdownTimings
@@ -69,37 +70,37 @@ class LoadBalancer(pulumi.ComponentResource):
         listener_ports = (80, 443) if s.certificate_arn else (80,)
         for port in listener_ports:
             for i, cidr in enumerate(s.alb_ingress_cidrs):
-                aws.vpc.SecurityGroupIngressRule(
-                    f"{name}-alb-in-{port}-{i}",
+                tcp_rule(
+                    name,
+                    s,
+                    f"alb-in-{port}-{i}",
+                    "ingress",
                     security_group_id=sg.id,
+                    port=port,
                     cidr_ipv4=cidr,
-                    ip_protocol="tcp",
-                    from_port=port,
-                    to_port=port,
                     description=f"clients on {port}",
-                    tags=tags(s, f"{s.prefix}-alb-in-{port}-{i}"),
                     opts=child,
                 )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-alb-to-pods",
+        tcp_rule(
+            name,
+            s,
+            "alb-to-pods",
+            "egress",
             security_group_id=sg.id,
+            port=APP_PORT,
             referenced_security_group_id=args.cluster.node_security_group_id,
-            ip_protocol="tcp",
-            from_port=APP_PORT,
-            to_port=APP_PORT,
             description="to gateway pods",
-            tags=tags(s, f"{s.prefix}-alb-to-pods"),
             opts=child,
         )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-pods-from-alb",
+        tcp_rule(
+            name,
+            s,
+            "pods-from-alb",
+            "ingress",
             security_group_id=args.cluster.node_security_group_id,
+            port=APP_PORT,
             referenced_security_group_id=sg.id,
-            ip_protocol="tcp",
-            from_port=APP_PORT,
-            to_port=APP_PORT,
             description="gateway pods from the ALB",
-            tags=tags(s, f"{s.prefix}-pods-from-alb"),
             opts=child,
         )
 

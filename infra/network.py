@@ -9,6 +9,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import iam
+from infra.primitives import tcp_rule
 from infra.settings import StackSettings
 from infra.tags import tags
 
@@ -182,15 +183,15 @@ class Network(pulumi.ComponentResource):
             tags=tags(s, f"{s.prefix}-endpoints"),
             opts=child,
         )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-endpoints-https",
+        tcp_rule(
+            name,
+            s,
+            "endpoints-https",
+            "ingress",
             security_group_id=endpoint_sg.id,
+            port=443,
             cidr_ipv4=s.vpc_cidr,
-            ip_protocol="tcp",
-            from_port=443,
-            to_port=443,
             description="HTTPS from the VPC",
-            tags=tags(s, f"{s.prefix}-endpoints-https"),
             opts=child,
         )
         for service in INTERFACE_ENDPOINTS:

@@ -8,6 +8,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import iam
+from infra.primitives import kms_key
 from infra.settings import StackSettings
 from infra.tags import tags
 
@@ -37,13 +38,12 @@ class Observability(pulumi.ComponentResource):
         # CloudWatch and Budgets cannot publish to a topic under the AWS-managed aws/sns key: the
         # topic gets its own key whose policy lets exactly those two services use it.
         account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self))
-        alerts_key = aws.kms.Key(
+        alerts_key = kms_key(
             f"{name}-alerts-key",
+            s,
             description=f"{s.prefix}: alert topic encryption",
-            enable_key_rotation=True,
-            deletion_window_in_days=30 if s.is_prod else 7,
+            tag_name=f"{s.prefix}-alerts",
             policy=account.account_id.apply(alerts_key_policy),
-            tags=tags(s, f"{s.prefix}-alerts"),
             opts=child,
         )
         topic = aws.sns.Topic(

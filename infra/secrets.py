@@ -15,6 +15,7 @@ import pulumi_random as random
 
 from infra import iam
 from infra.cluster import Cluster
+from infra.primitives import kms_key
 from infra.settings import StackSettings
 from infra.tags import tags
 
@@ -43,16 +44,13 @@ class Secrets(pulumi.ComponentResource):
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
 
-        key = aws.kms.Key(
+        key = kms_key(
             f"{name}-key",
+            s,
             description=f"{s.prefix}: Secrets Manager secrets and cache data at rest",
-            enable_key_rotation=True,
-            deletion_window_in_days=30 if s.is_prod else 7,
-            tags=tags(s, f"{s.prefix}-data"),
+            tag_name=f"{s.prefix}-data",
+            alias=True,
             opts=child,
-        )
-        aws.kms.Alias(
-            f"{name}-key-alias", name=f"alias/{s.prefix}-data", target_key_id=key.key_id, opts=child
         )
         self.key_arn = key.arn
 
@@ -108,7 +106,7 @@ class Secrets(pulumi.ComponentResource):
                 name=f"{s.prefix}/{slug}",
                 description=f"{s.prefix}: {description}",
                 kms_key_id=key.arn,
-                recovery_window_in_days=30 if s.is_prod else 7,
+                recovery_window_in_days=s.recovery_window_days,
                 tags=tags(s, f"{s.prefix}-{slug}"),
                 opts=child,
             )

@@ -459,6 +459,11 @@ class StackSettings(BaseModel):
     def is_prod(self) -> bool:
         return self.environment == "prod"
 
+    @property
+    def recovery_window_days(self) -> int:
+        """Days a deleted KMS key or secret stays recoverable: AWS's maximum in prod."""
+        return 30 if self.is_prod else 7
+
 
 # Protective defaults for prod when the stack file does not set the key.
 ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
