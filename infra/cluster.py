@@ -6,8 +6,9 @@ Built from pulumi_aws primitives (no pulumi-eks) so every resource is visible to
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import pulumi
 import pulumi_aws as aws
@@ -18,18 +19,21 @@ from infra.primitives import kms_key
 from infra.settings import StackSettings, is_arm
 from infra.tags import tags
 
+
+class Chart(NamedTuple):
+    name: str
+    repository: str
+    version: str
+
+
 # Chart versions are pinned so `pulumi up` is repeatable; bump them deliberately.
-CLUSTER_AUTOSCALER_CHART = (
-    "cluster-autoscaler",
-    "https://kubernetes.github.io/autoscaler",
-    "9.46.6",
+CLUSTER_AUTOSCALER_CHART = Chart(
+    "cluster-autoscaler", "https://kubernetes.github.io/autoscaler", "9.46.6"
 )
-METRICS_SERVER_CHART = (
-    "metrics-server",
-    "https://kubernetes-sigs.github.io/metrics-server/",
-    "3.12.2",
+METRICS_SERVER_CHART = Chart(
+    "metrics-server", "https://kubernetes-sigs.github.io/metrics-server/", "3.12.2"
 )
-VPA_CHART = ("vpa", "https://charts.fairwinds.com/stable", "4.7.2")
+VPA_CHART = Chart("vpa", "https://charts.fairwinds.com/stable", "4.7.2")
 MANAGED_ADDONS = ("vpc-cni", "kube-proxy", "coredns")
 # Managed policies the node role needs to join the cluster and pull images.
 NODE_POLICIES = (
@@ -242,16 +246,14 @@ class Cluster(pulumi.ComponentResource):
         self.node_group = node_group
 
         self._cluster_autoscaler(name, args.cluster_name)
-        self._helm(
-            name,
-            "metrics-server",
+        self.kube_system_release(
+            f"{name}-metrics-server",
             METRICS_SERVER_CHART,
             {"args": ["--kubelet-preferred-address-types=InternalIP"]},
         )
         if s.vpa_mode != "Off":
-            self._helm(
-                name,
-                "vpa",
+            self.kube_system_release(
+                f"{name}-vpa",
                 VPA_CHART,
                 {
                     "recommender": {"enabled": True},
@@ -389,21 +391,28 @@ class Cluster(pulumi.ComponentResource):
             depends_on=[*self.workload_dependencies, *extra],
         )
 
-    def _helm(
-        self, name: str, release: str, chart: tuple[str, str, str], values: dict
+    def kube_system_release(
+        self,
+        resource_name: str,
+        chart: Chart,
+        values: Mapping[str, Any],
+        *,
+        parent: pulumi.Resource | None = None,
+        extra: Sequence[pulumi.Resource] = (),
     ) -> k8s.helm.v3.Release:
-        chart_name, repo, version = chart
+        """A pinned add-on chart released under its own name in kube-system; atomic, so a failed
+        install or upgrade rolls back instead of half-applying."""
         return k8s.helm.v3.Release(
-            f"{name}-{release}",
-            name=release,
-            chart=chart_name,
-            version=version,
-            repository_opts={"repo": repo},
+            resource_name,
+            name=chart.name,
+            chart=chart.name,
+            version=chart.version,
+            repository_opts={"repo": chart.repository},
             namespace="kube-system",
             values=values,
             atomic=True,
             cleanup_on_fail=True,
-            opts=self.helm_options(self),
+            opts=self.helm_options(parent or self, extra),
         )
 
     def _cluster_autoscaler(self, name: str, cluster_name: str) -> None:
@@ -443,9 +452,8 @@ class Cluster(pulumi.ComponentResource):
         autoscaler_role = self.service_account_role(
             f"{name}-cluster-autoscaler", "kube-system", "cluster-autoscaler", policy
         )
-        self._helm(
-            name,
-            "cluster-autoscaler",
+        self.kube_system_release(
+            f"{name}-cluster-autoscaler",
             CLUSTER_AUTOSCALER_CHART,
             {
                 "cloudProvider": "aws",

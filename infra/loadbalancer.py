@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
-import pulumi_kubernetes as k8s
 
 from infra import iam
-from infra.cluster import Cluster
+from infra.cluster import Chart, Cluster
 from infra.primitives import tcp_rule
 from infra.settings import StackSettings
 from infra.tags import tags
@@ -20,7 +19,9 @@ from infra.timings import ShutdownTimings
 APP_PORT = 8080
 HEALTH_CHECK_PATH = "/readyz"
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
-LB_CONTROLLER_CHART = ("aws-load-balancer-controller", "https://aws.github.io/eks-charts", "1.13.4")
+LB_CONTROLLER_CHART = Chart(
+    "aws-load-balancer-controller", "https://aws.github.io/eks-charts", "1.13.4"
+)
 LB_CONTROLLER_SA = "aws-load-balancer-controller"
 # Accounts ELB writes access logs from, per region (regions older than 2022 use these, not the
 # logdelivery service principal).
@@ -317,15 +318,10 @@ class LoadBalancer(pulumi.ComponentResource):
         role = cluster.service_account_role(
             f"{name}-lb-controller", "kube-system", LB_CONTROLLER_SA, policy
         )
-        chart, repo, version = LB_CONTROLLER_CHART
-        return k8s.helm.v3.Release(
+        return cluster.kube_system_release(
             f"{name}-lb-controller",
-            name="aws-load-balancer-controller",
-            chart=chart,
-            version=version,
-            repository_opts={"repo": repo},
-            namespace="kube-system",
-            values={
+            LB_CONTROLLER_CHART,
+            {
                 "clusterName": cluster.name,
                 "region": s.region,
                 "vpcId": vpc_id,
@@ -337,9 +333,8 @@ class LoadBalancer(pulumi.ComponentResource):
                     "annotations": {"eks.amazonaws.com/role-arn": role.arn},
                 },
             },
-            atomic=True,
-            cleanup_on_fail=True,
-            opts=cluster.helm_options(self, extra=[target_group]),
+            parent=self,
+            extra=[target_group],
         )
 
 
