@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from app import cache as cache_mod
@@ -397,6 +397,15 @@ class Gateway:
             return "use"
         return "use" if cache_mod.is_deterministic(canonical) else "bypass"
 
+    async def _lookup(self, canonical: dict[str, Any]) -> tuple[str | None, bytes | None]:
+        """(cache key, cached answer); a failing cache is a miss that stores nothing."""
+        try:
+            key = await self.cache.key_for(canonical)
+            return key, await self.cache.get(key)
+        except Exception as exc:
+            log.warning("cache lookup failed: %s", type(exc).__name__)
+            return None, None
+
     # --- the pipeline ------------------------------------------------------------------------
 
     async def generate(self, kind: str, request: Request, ctx: Ctx) -> Response:
@@ -434,29 +443,19 @@ class Gateway:
         )
         cache_key: str | None = None
         cached: bytes | None = None
+        lookup = None
         if mode == "use":
-
-            async def lookup() -> tuple[str, bytes | None]:
-                k = await self.cache.key_for(canonical)
-                return k, await self.cache.get(k)
-
-            # Limits and cache lookup go to Redis side by side: one round-trip time, not two.
-            admitted, looked_up = await asyncio.gather(admit, lookup(), return_exceptions=True)
-            if isinstance(looked_up, BaseException):
-                # The cache never fails a request (and a reservation must not leak with it).
-                log.warning("cache lookup failed: %s", type(looked_up).__name__)
-            else:
-                cache_key, cached = looked_up
-            if isinstance(admitted, BackendUnavailable):
-                raise StateUnavailable() from None
-            if isinstance(admitted, BaseException):
-                raise admitted
-            admission = admitted
-        else:
-            try:
-                admission = await admit
-            except BackendUnavailable:
-                raise StateUnavailable() from None
+            # Started first, awaited after the admission: both commands leave in one Redis write.
+            lookup = asyncio.ensure_future(self._lookup(canonical))
+        try:
+            admission = await admit
+        except BackendUnavailable:
+            raise StateUnavailable() from None
+        finally:
+            if lookup is not None:
+                # The lookup never raises; awaited even when admission failed, so it never
+                # outlives the request.
+                cache_key, cached = await lookup
         ctx.headers.update(admission.headers)
         if admission.budget_remaining_usd is not None:
             ctx.headers["x-liftoff-budget-remaining"] = f"{admission.budget_remaining_usd:.6f}"
@@ -791,16 +790,49 @@ class Gateway:
 
 
 class RelayResponse(StreamingResponse):
-    """A streaming response that always releases its upstream stream, even when the client went
-    away before the first chunk (the body generator then never starts, so its finally never
-    runs)."""
+    """A streaming response relayed from the task that serves the request.
+
+    Starlette's StreamingResponse (for ASGI servers before spec 2.4, uvicorn included) starts an
+    anyio task group and a second task before its first chunk, ~0.2 ms on the time to first
+    token. Here the chunks go out from this task, and a light watcher task cancels it when the
+    client disconnects, so the provider stream is not read to its end for nobody. The upstream
+    stream is always released, even when the client went away before the first chunk (the body
+    generator then never starts, so its finally never runs).
+    """
 
     on_close: Callable[[], None] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        relaying = True
+        gone = False
+
+        async def watch_disconnect() -> None:
+            nonlocal gone
+            with contextlib.suppress(Exception):  # a broken receive: no watch, as no disconnect
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                if relaying:  # only while the relay awaits: never cancel the code after it
+                    gone = True
+                    task.cancel()
+
+        spec = scope.get("asgi", {}).get("spec_version", "2.0")
+        # From ASGI 2.4 on, a send to a client that left raises OSError: no watcher needed.
+        modern = tuple(map(int, spec.split("."))) >= (2, 4)
+        watcher = None if modern else asyncio.ensure_future(watch_disconnect())
         try:
-            await super().__call__(scope, receive, send)
+            await self.stream_response(send)
+        except OSError:
+            raise ClientDisconnect() from None
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
         finally:
+            relaying = False
+            if watcher is not None:
+                watcher.cancel()
             with contextlib.suppress(Exception):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
             if self.on_close is not None:

@@ -140,3 +140,22 @@ async def test_a_closed_client_reconnects_on_use_and_closes_cleanly(redis_url: s
     await client.aclose()
     assert await client.ping() is True
     await client.aclose()
+
+
+async def test_a_cache_miss_costs_one_redis_write_before_the_call_and_one_after(
+    simulator, redis_url: str, writes: list[int]
+) -> None:
+    from tests.app.gateway_harness import make_config, running
+
+    async with running(make_config(simulator.url, redis_url)) as gw:
+        warm = await gw.chat(temperature=0, messages=[{"role": "user", "content": "warm up"}])
+        assert warm.status_code == 200  # connects and loads the scripts (NOSCRIPT -> EVAL)
+        await gw.gateway.flush()
+        writes.clear()
+        response = await gw.chat(temperature=0)
+        assert response.headers["x-liftoff-cache"] == "miss"
+        assert writes == [2]  # limits admit + cache lookup, together, before the provider call
+        await gw.gateway.flush()
+        assert writes == [2, 2]  # settle + cache store, together, after the response
+        hit = await gw.chat(temperature=0)
+        assert hit.headers["x-liftoff-cache"] == "hit"

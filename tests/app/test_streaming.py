@@ -11,7 +11,7 @@ import orjson
 from starlette.requests import ClientDisconnect
 
 from app.streaming import StreamRelay, replay
-from tests.app.gateway_harness import auth, make_config, running
+from tests.app.gateway_harness import SIM_HEADERS, auth, make_config, running
 
 
 def events(text: str) -> list[str]:
@@ -221,3 +221,70 @@ async def test_client_leaving_before_first_chunk_releases_the_upstream_stream(si
         usage = (await gw.client.get("/v1/usage", headers=auth())).json()["usage"]
     assert response.status_code == 200
     assert usage["reserved_usd"] == 0
+
+
+async def test_client_leaving_mid_stream_stops_the_relay_at_once(simulator):
+    """ASGI before 2.4 (uvicorn): the disconnect arrives through receive(); the relay stops
+    reading the provider's stream instead of relaying it to nobody, and frees its slot."""
+    forward = [*SIM_HEADERS, "x-simulator-tokens"]
+    config = make_config(
+        simulator.url, upstream={"max_concurrency_per_model": 1, "forward_headers": forward}
+    )
+    async with running(config) as gw:
+        app = gw.client._transport.app
+        body = orjson.dumps(
+            {
+                "model": "fast",
+                "stream": True,
+                "max_tokens": 200,
+                "messages": [{"role": "user", "content": "a long answer"}],
+            }
+        )
+        first_chunk = asyncio.Event()
+        request_sent = False
+        messages: list[dict] = []
+
+        async def receive():
+            nonlocal request_sent
+            if not request_sent:
+                request_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await first_chunk.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            messages.append(message)
+            if message["type"] == "http.response.body" and message.get("body"):
+                first_chunk.set()
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"authorization", auth()["authorization"].encode()),
+                (b"content-type", b"application/json"),
+                (b"x-simulator-tokens", b"200"),
+                (b"x-simulator-token-ms", b"20"),  # 200 tokens: 4 s to the end
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("gateway", 80),
+            "state": {},
+        }
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(app(scope, receive, send), timeout=5)
+        assert asyncio.get_running_loop().time() - started < 1.0
+        bodies = [m for m in messages if m["type"] == "http.response.body"]
+        assert bodies and not any(m.get("more_body") is False for m in bodies)  # cut, not ended
+        # With a cap of 1, a slot still held by the abandoned stream would make this wait.
+        response = await asyncio.wait_for(stream_chat(gw), timeout=5)
+        await gw.gateway.flush()
+        usage = (await gw.client.get("/v1/usage", headers=auth())).json()["usage"]
+    assert response.status_code == 200
+    assert usage["reserved_usd"] == 0 and usage["requests"] == 2
