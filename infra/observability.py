@@ -83,26 +83,19 @@ class Observability(pulumi.ComponentResource):
         subscribers = {"subscriber_sns_topic_arns": [topic.arn]}
         if s.alert_emails:
             subscribers["subscriber_email_addresses"] = list(s.alert_emails)
-        notifications = [
-            {
+
+        def notification(kind: str, threshold: int) -> dict[str, object]:
+            return {
                 "comparison_operator": "GREATER_THAN",
-                "notification_type": "ACTUAL",
+                "notification_type": kind,
                 "threshold": threshold,
                 "threshold_type": "PERCENTAGE",
                 **subscribers,
             }
-            for threshold in sorted(set(s.budget_thresholds))
-        ]
+
+        notifications = [notification("ACTUAL", t) for t in sorted(set(s.budget_thresholds))]
         if s.budget_forecast_threshold is not None:
-            notifications.append(
-                {
-                    "comparison_operator": "GREATER_THAN",
-                    "notification_type": "FORECASTED",
-                    "threshold": s.budget_forecast_threshold,
-                    "threshold_type": "PERCENTAGE",
-                    **subscribers,
-                }
-            )
+            notifications.append(notification("FORECASTED", s.budget_forecast_threshold))
         budget = aws.budgets.Budget(
             f"{name}-budget",
             name=f"{s.prefix}-monthly",
@@ -147,6 +140,7 @@ class Observability(pulumi.ComponentResource):
             )
 
         alb = {"LoadBalancer": args.alb_arn_suffix}
+        target_group = {**alb, "TargetGroup": args.target_group_arn_suffix}
         alarm(
             "alb-5xx",
             "Load balancer returned 5xx responses itself (no healthy target, timeouts)",
@@ -161,7 +155,7 @@ class Observability(pulumi.ComponentResource):
             "Gateway pods returned 5xx responses",
             "AWS/ApplicationELB",
             "HTTPCode_Target_5XX_Count",
-            {**alb, "TargetGroup": args.target_group_arn_suffix},
+            target_group,
             "Sum",
             s.alarm_5xx_count,
         )
@@ -170,15 +164,16 @@ class Observability(pulumi.ComponentResource):
             "Average gateway response time is high",
             "AWS/ApplicationELB",
             "TargetResponseTime",
-            {**alb, "TargetGroup": args.target_group_arn_suffix},
+            target_group,
             "Average",
             s.alarm_response_time_seconds,
             periods=3,
         )
         for node_id in args.cache_member_ids:
+            node = node_id.removeprefix(f"{s.prefix}-")
             cache = {"CacheClusterId": node_id}
             alarm(
-                f"{node_id.removeprefix(s.prefix + '-')}-cpu",
+                f"{node}-cpu",
                 f"Cache engine CPU high on {node_id}",
                 "AWS/ElastiCache",
                 "EngineCPUUtilization",
@@ -188,7 +183,7 @@ class Observability(pulumi.ComponentResource):
                 periods=3,
             )
             alarm(
-                f"{node_id.removeprefix(s.prefix + '-')}-memory",
+                f"{node}-memory",
                 f"Cache memory nearly full on {node_id}",
                 "AWS/ElastiCache",
                 "DatabaseMemoryUsagePercentage",
@@ -198,7 +193,7 @@ class Observability(pulumi.ComponentResource):
                 periods=3,
             )
             alarm(
-                f"{node_id.removeprefix(s.prefix + '-')}-evictions",
+                f"{node}-evictions",
                 f"Cache on {node_id} evicts heavily: it is too small for the working set",
                 "AWS/ElastiCache",
                 "Evictions",

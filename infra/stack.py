@@ -34,7 +34,7 @@ def image_reference(settings: StackSettings) -> pulumi.Output[str]:
             # Relative to the project directory, so state does not depend on the checkout path.
             context_dir=os.path.relpath(REPO_ROOT / "app", os.getcwd()),
             tags=base_tags(settings),
-            # Build for the nodes' architecture.
+            # Settings keep every node type on one architecture: build only for that one.
             platforms=[
                 docker_build.Platform.LINUX_ARM64 if arm else docker_build.Platform.LINUX_AMD64
             ],
@@ -85,32 +85,32 @@ def build(settings: StackSettings) -> dict[str, object]:
     )
     image_ref = image_reference(s)
 
-    def refs(values: list) -> WorkloadRefs:
-        ref, cache_host, upstream_arn, token_arn, keys_arn, tg_arn, role_arn = values
-        repository, tag, digest = split_image_ref(ref)
+    def refs(values: dict[str, str]) -> WorkloadRefs:
+        repository, tag, digest = split_image_ref(values["image_ref"])
         return WorkloadRefs(
             image_repository=repository,
             image_tag=tag,
             image_digest=digest,
-            cache_host=cache_host,
+            cache_host=values["cache_host"],
             cache_port=CACHE_PORT,
-            upstream_api_key_secret_arn=upstream_arn,
-            redis_auth_token_secret_arn=token_arn,
-            client_keys_secret_arn=keys_arn,
-            target_group_arn=tg_arn,
-            service_account_role_arn=role_arn,
+            upstream_api_key_secret_arn=values["upstream_api_key_secret_arn"],
+            redis_auth_token_secret_arn=values["redis_auth_token_secret_arn"],
+            client_keys_secret_arn=values["client_keys_secret_arn"],
+            target_group_arn=values["target_group_arn"],
+            service_account_role_arn=values["service_account_role_arn"],
             vpc_cidr=s.vpc_cidr,
             region=s.region,
         )
 
+    # By name, not position: seven strings in a row are easy to swap unnoticed.
     workload_refs = pulumi.Output.all(
-        image_ref,
-        cache.primary_endpoint,
-        secrets.upstream_api_key_arn,
-        secrets.redis_auth_token_arn,
-        secrets.client_keys_arn,
-        lb.target_group_arn,
-        secrets.app_role_arn,
+        image_ref=image_ref,
+        cache_host=cache.primary_endpoint,
+        upstream_api_key_secret_arn=secrets.upstream_api_key_arn,
+        redis_auth_token_secret_arn=secrets.redis_auth_token_arn,
+        client_keys_secret_arn=secrets.client_keys_arn,
+        target_group_arn=lb.target_group_arn,
+        service_account_role_arn=secrets.app_role_arn,
     ).apply(refs)
     Workload(
         s.prefix,
