@@ -133,8 +133,10 @@ class StackView:
         return found or None
 
 
+# What a stack check yields: the offending resource (None: the stack as a whole), a message.
+StackFinding = tuple[ResourceRecord | None, str]
 ResourceCheck = Callable[[ResourceRecord, RuleContext], Iterable[str]]
-StackCheck = Callable[[StackView, RuleContext], Iterable[tuple[ResourceRecord | None, str]]]
+StackCheck = Callable[[StackView, RuleContext], Iterable[StackFinding]]
 
 
 @dataclass(frozen=True)
@@ -595,9 +597,7 @@ def https_listener_tls(resource: ResourceRecord, context: RuleContext) -> Iterat
     "make the HTTP listener's default action a redirect {protocol: HTTPS, port: 443, HTTP_301}.",
     also=["CKV_AWS_2"],
 )
-def http_redirects_to_https(
-    view: StackView, context: RuleContext
-) -> Iterator[tuple[ResourceRecord | None, str]]:
+def http_redirects_to_https(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     listeners = view.of_type(*LISTENERS)
     if not any(_is_https_with_certificate(lst) for lst in listeners):
         return
@@ -622,9 +622,7 @@ def _is_https_with_certificate(listener: ResourceRecord) -> bool:
     "request an ACM certificate and set liftoff:certificateArn; HTTP then redirects to HTTPS.",
     production_only=True,
 )
-def prod_serves_https(
-    view: StackView, context: RuleContext
-) -> Iterator[tuple[ResourceRecord | None, str]]:
+def prod_serves_https(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     listeners = view.of_type(*LISTENERS)
     if listeners and not any(_is_https_with_certificate(lst) for lst in listeners):
         for listener in listeners:
@@ -651,27 +649,23 @@ def _ports_of(protocol: Any, from_port: Any, to_port: Any) -> tuple[str, int, in
     return protocol, _int(from_port, 0), _int(to_port, 65535)
 
 
+def _classic_ingress(
+    owner: ResourceRecord, group: ResourceRecord | None, rule: Mapping[str, Any]
+) -> _Ingress:
+    """An ingress in the EC2 API's shape: an inline `ingress` block or a SecurityGroupRule."""
+    protocol, low, high = _ports_of(rule.get("protocol"), rule.get("fromPort"), rule.get("toPort"))
+    cidrs = [*_as_list(rule.get("cidrBlocks")), *_as_list(rule.get("ipv6CidrBlocks"))]
+    return _Ingress(owner, group, protocol, low, high, tuple(cidrs))
+
+
 def _ingresses(view: StackView) -> Iterator[_Ingress]:
     for group in view.of_type(SECURITY_GROUP):
         for rule in _as_list(group.inputs.get("ingress")):
-            rule = _as_map(rule)
-            protocol, low, high = _ports_of(
-                rule.get("protocol"), rule.get("fromPort"), rule.get("toPort")
-            )
-            cidrs = [*_as_list(rule.get("cidrBlocks")), *_as_list(rule.get("ipv6CidrBlocks"))]
-            yield _Ingress(group, group, protocol, low, high, tuple(cidrs))
+            yield _classic_ingress(group, group, _as_map(rule))
     for rule in view.of_type(SECURITY_GROUP_RULE):
-        if rule.inputs.get("type") != "ingress":
-            continue
-        protocol, low, high = _ports_of(
-            rule.inputs.get("protocol"), rule.inputs.get("fromPort"), rule.inputs.get("toPort")
-        )
-        cidrs = [
-            *_as_list(rule.inputs.get("cidrBlocks")),
-            *_as_list(rule.inputs.get("ipv6CidrBlocks")),
-        ]
-        groups = view.referenced(rule, "securityGroupId")
-        yield _Ingress(rule, groups[0] if groups else None, protocol, low, high, tuple(cidrs))
+        if rule.inputs.get("type") == "ingress":
+            groups = view.referenced(rule, "securityGroupId")
+            yield _classic_ingress(rule, groups[0] if groups else None, rule.inputs)
     for rule in view.of_type(INGRESS_RULE):
         protocol, low, high = _ports_of(
             rule.inputs.get("ipProtocol"), rule.inputs.get("fromPort"), rule.inputs.get("toPort")
@@ -700,9 +694,7 @@ def _load_balancer_groups(view: StackView) -> set[str] | None:
     "and admin ports through security-group references or the VPC.",
     also=["CKV_AWS_24", "CKV_AWS_25", "CKV_AWS_277"],
 )
-def no_world_ingress(
-    view: StackView, context: RuleContext
-) -> Iterator[tuple[ResourceRecord | None, str]]:
+def no_world_ingress(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     lb_groups = _load_balancer_groups(view)
     for ingress in _ingresses(view):
         world = [c for c in ingress.cidrs if _is_world(c)]
@@ -763,9 +755,7 @@ def _is_public_subnet(subnet: ResourceRecord, internet_routed: set[str]) -> bool
     "error",
     "pass the private subnet ids to the node group's subnetIds.",
 )
-def nodes_in_private_subnets(
-    view: StackView, context: RuleContext
-) -> Iterator[tuple[ResourceRecord | None, str]]:
+def nodes_in_private_subnets(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     internet_routed = _internet_routed_subnets(view)
     for group in view.of_type(EKS_NODE_GROUP):
         subnets = view.referenced(group, "subnetIds")
@@ -786,9 +776,7 @@ def nodes_in_private_subnets(
     "error",
     "add an aws.ec2.FlowLog for the VPC (traffic type ALL).",
 )
-def vpc_flow_logs(
-    view: StackView, context: RuleContext
-) -> Iterator[tuple[ResourceRecord | None, str]]:
+def vpc_flow_logs(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     flow_logs = view.of_type(FLOW_LOG)
     for vpc in view.of_type(VPC):
         # A flow log whose VPC cannot be traced is given the benefit of the doubt.
@@ -809,9 +797,7 @@ def vpc_flow_logs(
     "error",
     "keep the stack's aws.budgets.Budget (liftoff:monthlyBudgetUsd, liftoff:budgetThresholds).",
 )
-def budget_exists(
-    view: StackView, context: RuleContext
-) -> Iterator[tuple[ResourceRecord | None, str]]:
+def budget_exists(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     budgets = [b for b in view.of_type(BUDGET) if b.inputs.get("budgetType", "COST") == "COST"]
     if not budgets:
         yield None, "The stack declares no AWS Budgets cost budget."
@@ -863,7 +849,7 @@ def required_tags(resource: ResourceRecord, context: RuleContext) -> Iterator[st
     "error",
     "set aws:region to one of " + ", ".join(US_REGIONS) + ".",
 )
-def us_region(view: StackView, context: RuleContext) -> Iterator[tuple[ResourceRecord | None, str]]:
+def us_region(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     if context.region not in US_REGIONS:
         yield None, f"Stack region {context.region or '(unset)'} is not a US region."
 

@@ -65,7 +65,7 @@ def rec(
         type=type_,
         name=name,
         inputs=inputs,
-        urn=f"urn:pulumi:test::liftoff::{type_}::{name}",
+        urn=urn(type_, name),
         id=id,
         property_dependencies=deps or {},
     )
@@ -130,6 +130,16 @@ FORWARD = {"protocol": "HTTP", "port": 80, "defaultActions": [{"type": "forward"
 
 def _with(base: dict, **changes: Any) -> dict:
     return {**base, **changes}
+
+
+def cache(**changes: Any) -> ResourceRecord:
+    """The compliant replication group, with `changes` applied."""
+    return rec(CACHE, "cache", **_with(SECURE_CACHE, **changes))
+
+
+def alb(**changes: Any) -> ResourceRecord:
+    """The compliant load balancer, with `changes` applied."""
+    return rec(LB, "alb", **_with(SECURE_LB, **changes))
 
 
 def _lb_with_group(open_port: int, *, attached: bool = True) -> list[ResourceRecord]:
@@ -269,64 +279,58 @@ CASES: dict[str, list[tuple[RuleContext, list[ResourceRecord], list[ResourceReco
     "CKV_AWS_29": [
         (
             DEV,
-            [rec(CACHE, "cache", **SECURE_CACHE)],
-            [rec(CACHE, "cache", **_with(SECURE_CACHE, atRestEncryptionEnabled=False))],
+            [cache()],
+            [cache(atRestEncryptionEnabled=False)],
             "at rest",
         )
     ],
     "CKV_AWS_191": [
         (
             DEV,
-            [rec(CACHE, "cache", **SECURE_CACHE)],
-            [rec(CACHE, "cache", **_with(SECURE_CACHE, kmsKeyId=None))],
+            [cache()],
+            [cache(kmsKeyId=None)],
             "AWS-owned key",
         )
     ],
     "CKV_AWS_30": [
         (
             DEV,
-            [rec(CACHE, "cache", **SECURE_CACHE)],
-            [rec(CACHE, "cache", **_with(SECURE_CACHE, transitEncryptionEnabled=False))],
+            [cache()],
+            [cache(transitEncryptionEnabled=False)],
             "TLS",
         ),
         (
             DEV,
-            [rec(CACHE, "cache", **_with(SECURE_CACHE, transitEncryptionMode="required"))],
-            [rec(CACHE, "cache", **_with(SECURE_CACHE, transitEncryptionMode="preferred"))],
+            [cache(transitEncryptionMode="required")],
+            [cache(transitEncryptionMode="preferred")],
             "plaintext",
         ),
     ],
     "CKV_AWS_31": [
         (
             DEV,
-            [rec(CACHE, "cache", **SECURE_CACHE)],
-            [rec(CACHE, "cache", **_with(SECURE_CACHE, authTokenWo=None))],
+            [cache()],
+            [cache(authTokenWo=None)],
             "without an AUTH token",
         ),
         (
             DEV,
-            [rec(CACHE, "cache", **_with(SECURE_CACHE, authTokenWo=None, userGroupIds=["ug-1"]))],
-            [rec(CACHE, "cache", **_with(SECURE_CACHE, transitEncryptionEnabled=False))],
+            [cache(authTokenWo=None, userGroupIds=["ug-1"])],
+            [cache(transitEncryptionEnabled=False)],
             "without TLS",
         ),
     ],
     "LIFTOFF_CACHE_FAILOVER": [
         (
             PROD,
-            [rec(CACHE, "cache", **SECURE_CACHE)],
-            [rec(CACHE, "cache", **_with(SECURE_CACHE, numCacheClusters=1))],
+            [cache()],
+            [cache(numCacheClusters=1)],
             "single node",
         ),
         (
             DEV,
-            [
-                rec(
-                    CACHE,
-                    "cache",
-                    **_with(SECURE_CACHE, numCacheClusters=1, automaticFailoverEnabled=False),
-                )
-            ],
-            [rec(CACHE, "cache", **_with(SECURE_CACHE, automaticFailoverEnabled=False))],
+            [cache(numCacheClusters=1, automaticFailoverEnabled=False)],
+            [cache(automaticFailoverEnabled=False)],
             "no multi-AZ automatic failover",
         ),
     ],
@@ -358,24 +362,24 @@ CASES: dict[str, list[tuple[RuleContext, list[ResourceRecord], list[ResourceReco
     "CKV_AWS_131": [
         (
             DEV,
-            [rec(LB, "alb", **SECURE_LB), rec(LB, "nlb", loadBalancerType="network")],
-            [rec(LB, "alb", **_with(SECURE_LB, dropInvalidHeaderFields=False))],
+            [alb(), rec(LB, "nlb", loadBalancerType="network")],
+            [alb(dropInvalidHeaderFields=False)],
             "invalid header",
         )
     ],
     "CKV_AWS_150": [
         (
             PROD,
-            [rec(LB, "alb", **SECURE_LB)],
-            [rec(LB, "alb", **_with(SECURE_LB, enableDeletionProtection=False))],
+            [alb()],
+            [alb(enableDeletionProtection=False)],
             "deleted",
         )
     ],
     "CKV_AWS_91": [
         (
             PROD,
-            [rec(LB, "alb", **SECURE_LB)],
-            [rec(LB, "alb", **_with(SECURE_LB, accessLogs={"bucket": "logs", "enabled": False}))],
+            [alb()],
+            [alb(accessLogs={"bucket": "logs", "enabled": False})],
             "no access logs",
         )
     ],
@@ -599,9 +603,7 @@ def test_production_only_rules_do_not_apply_outside_prod() -> None:
 
 
 def test_cache_with_replicas_passes_in_dev_only_with_failover() -> None:
-    single = rec(
-        CACHE, "cache", **_with(SECURE_CACHE, numCacheClusters=None, replicasPerNodeGroup=0)
-    )
+    single = cache(numCacheClusters=None, replicasPerNodeGroup=0)
     assert findings("LIFTOFF_CACHE_FAILOVER", [single], DEV) == []
     assert findings("LIFTOFF_CACHE_FAILOVER", [single], PROD)
 
