@@ -578,21 +578,35 @@ def _valid_service_cidr(v: str) -> bool:
     return net is not None and 12 <= net.prefixlen <= 24 and _is_private(net)
 
 
+def _valid_cidrs(v: list[str]) -> bool:
+    return all(_cidr(c) is not None for c in v)
+
+
+def _valid_cpu(v: str) -> bool:
+    """A positive Kubernetes CPU quantity (`250m`, `1`, `1.5`)."""
+    return bool(re.match(CPU_RE, v)) and _cpu_cores(v) > 0
+
+
+def _valid_memory(v: str) -> bool:
+    """A positive Kubernetes memory quantity in binary units (`256Mi`, `1Gi`)."""
+    return bool(re.match(MEMORY_RE, v)) and _memory_bytes(v) > 0
+
+
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     "vpc_cidr": _valid_vpc_cidr,
     "flow_logs_retention_days": lambda v: v in LOG_RETENTION_DAYS,
     "service_cidr": _valid_service_cidr,
-    "cluster_endpoint_public_cidrs": lambda v: all(_cidr(c) is not None for c in v),
-    "alb_ingress_cidrs": lambda v: all(_cidr(c) is not None for c in v),
+    "cluster_endpoint_public_cidrs": _valid_cidrs,
+    "alb_ingress_cidrs": _valid_cidrs,
     "node_instance_types": lambda v: all(re.match(INSTANCE_TYPE_RE, t) for t in v),
-    "pod_cpu_request": lambda v: bool(re.match(CPU_RE, v)) and _cpu_cores(v) > 0,
-    "pod_cpu_limit": lambda v: bool(re.match(CPU_RE, v)) and _cpu_cores(v) > 0,
-    "vpa_min_cpu": lambda v: bool(re.match(CPU_RE, v)) and _cpu_cores(v) > 0,
-    "vpa_max_cpu": lambda v: bool(re.match(CPU_RE, v)) and _cpu_cores(v) > 0,
-    "pod_memory_request": lambda v: bool(re.match(MEMORY_RE, v)) and _memory_bytes(v) > 0,
-    "pod_memory_limit": lambda v: bool(re.match(MEMORY_RE, v)) and _memory_bytes(v) > 0,
-    "vpa_min_memory": lambda v: bool(re.match(MEMORY_RE, v)) and _memory_bytes(v) > 0,
-    "vpa_max_memory": lambda v: bool(re.match(MEMORY_RE, v)) and _memory_bytes(v) > 0,
+    "pod_cpu_request": _valid_cpu,
+    "pod_cpu_limit": _valid_cpu,
+    "vpa_min_cpu": _valid_cpu,
+    "vpa_max_cpu": _valid_cpu,
+    "pod_memory_request": _valid_memory,
+    "pod_memory_limit": _valid_memory,
+    "vpa_min_memory": _valid_memory,
+    "vpa_max_memory": _valid_memory,
     "monthly_budget_usd": lambda v: v > 0,
     "gateway_monthly_budget_usd": lambda v: v > 0,
     "alarm_response_time_seconds": lambda v: v > 0,
