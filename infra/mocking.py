@@ -25,6 +25,7 @@ from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
+from infra.cache import member_cluster_ids
 from infra.settings import PROJECT, SECRET_KEYS, StackSettings, load_stack_file, read_stack_config
 
 ACCOUNT_ID = "123456789012"
@@ -38,6 +39,8 @@ AZ_IDS = {
     "us-west-1": ["usw1-az1", "usw1-az3"],
     "us-west-2": ["usw2-az1", "usw2-az2", "usw2-az3", "usw2-az4"],
 }
+# The short region codes AWS puts in ElastiCache endpoints and AZ ids.
+REGION_CODES = {"us-east-1": "use1", "us-east-2": "use2", "us-west-1": "usw1", "us-west-2": "usw2"}
 AZ_NAMES = {
     "us-east-1": ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1f"],
     "us-east-2": ["us-east-2a", "us-east-2b", "us-east-2c"],
@@ -56,6 +59,8 @@ class RecordedResource:
     inputs: dict[str, Any]
     secret_inputs: set[str]
     options: dict[str, Any]
+    # The id LiftoffMocks gave it (deterministic), to trace id-valued inputs to resources.
+    id: str = ""
 
 
 @dataclass(frozen=True)
@@ -278,24 +283,15 @@ class LiftoffMocks(pulumi.runtime.Mocks):
             }
         elif typ == "aws:elasticache/replicationGroup:ReplicationGroup":
             resource_id = inputs.get("replicationGroupId", name)
-            host = f"master.{resource_id}.{h[:6]}.use1.cache.amazonaws.com".replace(
-                "use1",
-                {
-                    "us-east-1": "use1",
-                    "us-east-2": "use2",
-                    "us-west-1": "usw1",
-                    "us-west-2": "usw2",
-                }[self.region],
-            )
+            host = f"{resource_id}.{h[:6]}.{REGION_CODES[self.region]}.cache.amazonaws.com"
+            # The program sets numCacheClusters (primary + replicas), not replicasPerNodeGroup.
+            replicas = int(inputs.get("numCacheClusters", 1)) - 1
             outputs = {
                 "arn": self._arn("elasticache", f"replicationgroup:{resource_id}"),
-                "primaryEndpointAddress": host,
-                "readerEndpointAddress": host.replace("master.", "replica.", 1),
+                "primaryEndpointAddress": f"master.{host}",
+                "readerEndpointAddress": f"replica.{host}",
                 "port": 6379,
-                "memberClusters": [
-                    f"{resource_id}-00{i + 1}"
-                    for i in range(1 + int(inputs.get("replicasPerNodeGroup", 0)))
-                ],
+                "memberClusters": member_cluster_ids(resource_id, replicas),
             }
         elif typ.startswith("aws:elasticache/"):
             resource_id = inputs.get("name", name)
@@ -433,6 +429,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     "provider": request.provider,
                     "additional_secret_outputs": list(request.additionalSecretOutputs),
                 },
+                id=response.id,
             )
         )
         return response

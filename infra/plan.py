@@ -22,14 +22,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pulumi
 import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from infra.cost import CostEstimate, estimate
-from infra.mocking import LiftoffMocks, ProgramRun, RecordedResource, run_program
+from infra.mocking import ProgramRun, RecordedResource, run_program
 from infra.policies import (
     AWS_PROVIDER,
     Finding,
@@ -183,17 +182,13 @@ def _plain(value: Any) -> Any:
     return str(value)  # assets, archives
 
 
-def mock_resource_ids(run: ProgramRun, settings: StackSettings, stack: str) -> dict[str, str]:
-    """Resource ids the mocks assigned (deterministic), to trace id-valued inputs to resources."""
-    mocks = LiftoffMocks(settings.region, stack)
-    ids: dict[str, str] = {}
-    for resource in run.resources:
-        if resource.custom and not resource.type.startswith("pulumi:providers:"):
-            args = pulumi.runtime.MockResourceArgs(
-                resource.type, resource.name, dict(resource.inputs)
-            )
-            ids[resource.urn] = str(mocks.new_resource(args)[0])
-    return ids
+def mock_resource_ids(run: ProgramRun) -> dict[str, str]:
+    """Ids the mocks gave the cloud resources (deterministic), to trace id-valued inputs."""
+    return {
+        r.urn: r.id
+        for r in run.resources
+        if r.custom and r.id and not r.type.startswith("pulumi:providers:")
+    }
 
 
 def _top_component(resource: RecordedResource, by_urn: Mapping[str, RecordedResource]) -> str:
@@ -244,7 +239,7 @@ def build_plan(stack: str, overrides: Mapping[str, str] | None = None) -> PlanRe
     assert run.settings is not None
     settings = run.settings
     by_urn = {r.urn: r for r in run.resources}
-    ids = mock_resource_ids(run, settings, stack)
+    ids = mock_resource_ids(run)
     secrets, redacted = _secret_values(run, settings)
 
     records = [

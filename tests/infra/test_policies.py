@@ -912,7 +912,7 @@ def test_served_pack_passes_the_real_prod_stack_and_catches_a_broken_override(an
 def test_served_pack_stack_policies_over_the_real_program(analyzer) -> None:
     run = run_program("prod")
     assert run.settings is not None
-    ids = mock_resource_ids(run, run.settings, "prod")
+    ids = mock_resource_ids(run)
     provider = _aws_provider("prod", run.settings.region)
 
     def analyze_stack(resources: list) -> list:
