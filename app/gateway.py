@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +64,10 @@ access = logging.getLogger("liftoff.access")
 SIMULATOR_KEY = "sk-liftoff-simulator"  # what the gateway sends to its built-in simulator
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Request ids made here: 32 hex digits, a random per-process prefix and a sequence number
+# (unique across replicas without a uuid4 and its urandom call per request).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_SEQUENCE = itertools.count()
 
 
 @dataclass(slots=True)
@@ -253,7 +257,11 @@ class Gateway:
         # One pass over the raw headers; Starlette's Headers.get() scans the list on every call.
         h = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
         given = h.get("x-request-id")
-        rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        rid = (
+            given
+            if given and _REQUEST_ID.match(given)
+            else f"{_ID_PREFIX}{next(_ID_SEQUENCE):016x}"
+        )
         request_id_var.set(rid)
         return Ctx(route, rid, h)
 

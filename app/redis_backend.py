@@ -9,10 +9,9 @@ decides when callers stop trying Redis and when they probe it again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
@@ -51,15 +50,28 @@ class BackendUnavailable(Exception):
     """Redis could not be reached or did not answer in time."""
 
 
-@contextlib.contextmanager
-def unavailable_on_error(operation: str) -> Iterator[None]:
-    """Re-raise connection-level Redis failures of `operation` as `BackendUnavailable`."""
-    try:
-        yield
-    except UNAVAILABLE_ERRORS as error:
-        # The message names the operation and error class only: redis-py messages can carry
-        # the host name, which must not reach clients.
-        raise BackendUnavailable(f"redis {operation} failed: {type(error).__name__}") from error
+class unavailable_on_error:
+    """Re-raise connection-level Redis failures of `operation` as `BackendUnavailable`.
+
+    A class, not a @contextmanager generator: it wraps every Redis call on the hot path.
+    """
+
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: Any
+    ) -> bool:
+        if kind is not None and issubclass(kind, UNAVAILABLE_ERRORS):
+            # The message names the operation and error class only: redis-py messages can carry
+            # the host name, which must not reach clients.
+            raise BackendUnavailable(f"redis {self.operation} failed: {kind.__name__}") from error
+        return False
 
 
 def create_redis(

@@ -152,12 +152,13 @@ class PipelinedRedis(aioredis.Redis):
             if _EMPTY_RESPONSE in options:
                 return options[_EMPTY_RESPONSE]
             raise
-        options.pop(_EMPTY_RESPONSE, None)
-        options.pop(_NEVER_DECODE, None)
-        options.pop("keys", None)
         callback = self.response_callbacks.get(name)
         if callback is None:
             return response
+        if options:
+            options.pop(_EMPTY_RESPONSE, None)
+            options.pop(_NEVER_DECODE, None)
+            options.pop("keys", None)
         result = callback(response, **options)
         return await result if inspect.isawaitable(result) else result
 
