@@ -41,7 +41,9 @@ class Cache(pulumi.ComponentResource):
     replication_group_id: str
     member_cluster_ids: list[str]
 
-    def __init__(self, name: str, args: CacheArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, name: str, args: CacheArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("liftoff:index:Cache", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
@@ -118,7 +120,6 @@ class Cache(pulumi.ComponentResource):
         self.member_cluster_ids = member_cluster_ids(group_id, s.cache_replicas)
         self.primary_endpoint = group.primary_endpoint_address
         self.reader_endpoint = group.reader_endpoint_address
-        self.security_group_id = sg.id
         self.register_outputs(
             {"primaryEndpoint": self.primary_endpoint, "readerEndpoint": self.reader_endpoint}
         )

@@ -111,7 +111,9 @@ class Cluster(pulumi.ComponentResource):
     oidc_provider_arn: pulumi.Output[str]
     oidc_issuer_url: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("liftoff:index:Cluster", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
@@ -243,7 +245,6 @@ class Cluster(pulumi.ComponentResource):
             *addons,
             *args.network_dependencies,
         ]
-        self.node_group = node_group
 
         self._cluster_autoscaler(name, args.cluster_name)
         self.kube_system_release(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_kubernetes as k8s
 
 from infra import iam
 from infra.cluster import Chart, Cluster
@@ -53,10 +54,11 @@ class LoadBalancer(pulumi.ComponentResource):
     target_group_arn: pulumi.Output[str]
     arn_suffix: pulumi.Output[str]
     target_group_arn_suffix: pulumi.Output[str]
+    controller: k8s.helm.v3.Release
 
     def __init__(
         self, name: str, args: LoadBalancerArgs, opts: pulumi.ResourceOptions | None = None
-    ):
+    ) -> None:
         super().__init__("liftoff:index:LoadBalancer", name, None, opts)
         s, t = args.settings, args.timings
         child = pulumi.ResourceOptions(parent=self)
@@ -313,7 +315,7 @@ class LoadBalancer(pulumi.ComponentResource):
         cluster: Cluster,
         vpc_id: pulumi.Input[str],
         target_group: aws.lb.TargetGroup,
-    ) -> pulumi.Resource:
+    ) -> k8s.helm.v3.Release:
         policy = target_group.arn.apply(lb_controller_policy)
         role = cluster.service_account_role(
             f"{name}-lb-controller", "kube-system", LB_CONTROLLER_SA, policy

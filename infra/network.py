@@ -39,7 +39,9 @@ class Network(pulumi.ComponentResource):
     private_route_table_ids: list[pulumi.Output[str]]
     az_names: list[pulumi.Output[str]]
 
-    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("liftoff:index:Network", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
@@ -251,7 +253,6 @@ class Network(pulumi.ComponentResource):
             opts=child,
         )
 
-        self.vpc = vpc
         self.vpc_id = vpc.id
         self.public_subnet_ids = [sn.id for sn in public_subnets]
         self.private_subnet_ids = [sn.id for sn in private_subnets]

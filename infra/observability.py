@@ -30,7 +30,7 @@ class Observability(pulumi.ComponentResource):
 
     def __init__(
         self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None
-    ):
+    ) -> None:
         super().__init__("liftoff:index:Observability", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)

@@ -37,9 +37,12 @@ class Secrets(pulumi.ComponentResource):
     upstream_api_key_arn: pulumi.Output[str]
     redis_auth_token_arn: pulumi.Output[str]
     client_keys_arn: pulumi.Output[str]
+    secret_arns: pulumi.Output[dict[str, str]]
     app_role_arn: pulumi.Output[str]
 
-    def __init__(self, name: str, args: SecretsArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, name: str, args: SecretsArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("liftoff:index:Secrets", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)

@@ -141,9 +141,7 @@ def build(settings: StackSettings) -> dict[str, object]:
     }
 
 
-def define_stack() -> StackSettings:
+def define_stack() -> None:
     """The program: settings from config (validated before any resource), build, export."""
-    settings = settings_from_pulumi()
-    for name, value in build(settings).items():
+    for name, value in build(settings_from_pulumi()).items():
         pulumi.export(name, value)
-    return settings

@@ -179,7 +179,11 @@ class WorkloadArgs:
 
 
 class Workload(pulumi.ComponentResource):
-    def __init__(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions | None = None):
+    release: k8s.helm.v3.Release
+
+    def __init__(
+        self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("liftoff:index:Workload", name, None, opts)
         s = args.settings
         namespace = k8s.core.v1.Namespace(

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from infra.cost import CostEstimate, default_prices, estimate
+from infra.cost import CostEstimate, CostItem, default_prices, estimate
 from infra.policies import ResourceRecord
 
 HOURS = 730
@@ -63,7 +63,7 @@ def stack(
     ]
 
 
-def item(result: CostEstimate, resource: str, contains: str = ""):
+def item(result: CostEstimate, resource: str, contains: str = "") -> CostItem:
     return next(i for i in result.items if i.resource == resource and contains in i.description)
 
 

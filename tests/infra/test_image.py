@@ -76,7 +76,9 @@ def _image(**overrides: Any) -> GatewayImage:
 
 
 @pulumi.runtime.test
-def test_repository_scans_on_push_refuses_tag_overwrites_and_is_encrypted(mocks: ImageMocks):
+def test_repository_scans_on_push_refuses_tag_overwrites_and_is_encrypted(
+    mocks: ImageMocks,
+) -> pulumi.Output[None]:
     image = _image()
 
     def check(_: Any) -> None:
@@ -92,7 +94,9 @@ def test_repository_scans_on_push_refuses_tag_overwrites_and_is_encrypted(mocks:
 
 
 @pulumi.runtime.test
-def test_repository_uses_the_customer_managed_key_when_given(mocks: ImageMocks):
+def test_repository_uses_the_customer_managed_key_when_given(
+    mocks: ImageMocks,
+) -> pulumi.Output[None]:
     key = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
     image = _image(kms_key_arn=key, repository_name="custom-gw")
 
@@ -105,7 +109,9 @@ def test_repository_uses_the_customer_managed_key_when_given(mocks: ImageMocks):
 
 
 @pulumi.runtime.test
-def test_lifecycle_policy_expires_untagged_and_keeps_the_newest(mocks: ImageMocks):
+def test_lifecycle_policy_expires_untagged_and_keeps_the_newest(
+    mocks: ImageMocks,
+) -> pulumi.Output[None]:
     image = _image(keep_images=12, untagged_days=3)
 
     def check(_: Any) -> None:
@@ -129,7 +135,9 @@ def test_lifecycle_policy_expires_untagged_and_keeps_the_newest(mocks: ImageMock
 
 
 @pulumi.runtime.test
-def test_image_is_built_from_app_and_pushed_with_ecr_credentials(mocks: ImageMocks):
+def test_image_is_built_from_app_and_pushed_with_ecr_credentials(
+    mocks: ImageMocks,
+) -> pulumi.Output[None]:
     image = _image()
 
     def check(_: Any) -> None:
@@ -153,7 +161,7 @@ def test_image_is_built_from_app_and_pushed_with_ecr_credentials(mocks: ImageMoc
 
 
 @pulumi.runtime.test
-def test_image_ref_is_the_repository_pinned_by_digest(mocks: ImageMocks):
+def test_image_ref_is_the_repository_pinned_by_digest(mocks: ImageMocks) -> pulumi.Output[None]:
     image = _image()
 
     def check(ref: str) -> None:

@@ -9,7 +9,7 @@ import json
 import select
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from google.protobuf import empty_pb2, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 from pulumi_policy import (
     EnforcementLevel,
+    Policy,
     PolicyCustomTimeouts,
     PolicyProviderResource,
     PolicyResource,
@@ -60,7 +61,7 @@ SG = "aws:ec2/securityGroup:SecurityGroup"
 
 def rec(
     type_: str, name: str = "r", *, id: str | None = None, deps: dict | None = None, **inputs: Any
-):
+) -> ResourceRecord:
     return ResourceRecord(
         type=type_,
         name=name,
@@ -645,11 +646,13 @@ def _resource_args(
     )
 
 
-def _policy(name: str):
+def _policy(name: str) -> Policy:
     return next(p for p in build_policies() if p.name == name)
 
 
-def _violations(policy, args) -> list[tuple[str, str | None]]:
+def _violations(
+    policy: Policy, args: ResourceValidationArgs | StackValidationArgs
+) -> list[tuple[str, str | None]]:
     reported: list[tuple[str, str | None]] = []
     policy.validate(args, lambda message, urn=None: reported.append((message, urn)))
     return reported
@@ -799,7 +802,7 @@ def test_pack_region_falls_back_to_the_environment_the_provider_reads(monkeypatc
 
 
 @pytest.fixture(scope="module")
-def analyzer():
+def analyzer() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
     """`python infra/policy`, as `pulumi preview --policy-pack infra/policy` starts it; a client."""
     pack_dir = REPO / "infra" / "policy"
     process = subprocess.Popen(
