@@ -94,7 +94,7 @@ def main() -> None:
         # Each worker process runs its own gateway (own pools, own metrics registry).
         uvicorn.run("app.server:create_app_from_env", factory=True, workers=workers, **common)
         return
-    app = create_app(config, env)
+    app = create_app(config, env, tune_gc=True)
     server = DrainingServer(
         uvicorn.Config(app, **common), app.state.gateway, config.server.shutdown_delay_s
     )

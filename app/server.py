@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from app.gateway import Ctx, Gateway, api_error_response, json_response
 
 log = logging.getLogger("liftoff.server")
 
+SERVING_GC_THRESHOLD = 10_000  # young-generation collection threshold while serving
 Handler = Callable[[Request, Ctx], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -273,10 +275,33 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+def tune_gc_for_serving() -> None:
+    """After startup: fewer and cheaper garbage collections while serving (process-wide).
+
+    Measured under the cache-miss bench load: with CPython's default thresholds (700, 10, 10)
+    the collector ran ~200 times a second and took ~15% of the gateway's CPU (~75 us per
+    request), and each full collection walked the whole startup heap (tokenizer vocabularies,
+    config, the app) for ~50 ms, a stall every few seconds. Freezing what startup allocated
+    takes it out of every later collection; a young-generation threshold of 10,000 lets request
+    garbage die by reference counting before a collection has to look at it (cycles are still
+    collected, in batches of at most that many new objects).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(SERVING_GC_THRESHOLD, 20, 20)
+
+
 def create_app(
-    config: GatewayConfig | None = None, env: Mapping[str, str] | None = None
+    config: GatewayConfig | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    tune_gc: bool = False,
 ) -> Starlette:
-    """The ASGI app; its lifespan starts and stops the gateway (``app.state.gateway``)."""
+    """The ASGI app; its lifespan starts and stops the gateway (``app.state.gateway``).
+
+    `tune_gc`: once started, tune the process' garbage collector for serving
+    (`tune_gc_for_serving`); for the server process, not for an app embedded in tests.
+    """
     config = config or load_config(env=env)
     gateway = Gateway(config, env)
     openapi = json_response(openapi_document()).body
@@ -349,6 +374,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        if tune_gc:
+            tune_gc_for_serving()
         try:
             yield
         finally:
@@ -375,4 +402,4 @@ def create_app_from_env() -> Starlette:
     from app.log import setup_logging
 
     setup_logging(os.environ.get("LIFTOFF_LOG_LEVEL", "INFO").upper())
-    return create_app()
+    return create_app(tune_gc=True)
