@@ -15,7 +15,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra import iam
-from infra.primitives import kms_key
+from infra.primitives import kms_key, log_group
 from infra.settings import StackSettings, is_arm
 from infra.tags import tags
 
@@ -141,11 +141,11 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
         # Created before the cluster so its retention is ours, not "never expire".
-        log_group = aws.cloudwatch.LogGroup(
+        control_plane_logs = log_group(
             f"{name}-control-plane-logs",
-            name=f"/aws/eks/{args.cluster_name}/cluster",
-            retention_in_days=s.flow_logs_retention_days,
-            tags=tags(s, f"{s.prefix}-eks-logs"),
+            s,
+            log_group_name=f"/aws/eks/{args.cluster_name}/cluster",
+            tag_name=f"{s.prefix}-eks-logs",
             opts=child,
         )
         cluster = aws.eks.Cluster(
@@ -171,7 +171,7 @@ class Cluster(pulumi.ComponentResource):
             tags=tags(s, args.cluster_name),
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[cluster_policy, log_group, *args.network_dependencies],
+                depends_on=[cluster_policy, control_plane_logs, *args.network_dependencies],
             ),
         )
         self.name = cluster.name

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import iam
-from infra.primitives import tcp_rule
+from infra.primitives import log_group, tcp_rule
 from infra.settings import StackSettings
 from infra.tags import tags
 
@@ -209,11 +209,11 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
 
-        flow_log_group = aws.cloudwatch.LogGroup(
+        flow_log_group = log_group(
             f"{name}-flow-logs",
-            name=f"/liftoff/{s.prefix}/vpc-flow-logs",
-            retention_in_days=s.flow_logs_retention_days,
-            tags=tags(s, f"{s.prefix}-flow-logs"),
+            s,
+            log_group_name=f"/liftoff/{s.prefix}/vpc-flow-logs",
+            tag_name=f"{s.prefix}-flow-logs",
             opts=child,
         )
         flow_role = iam.role(

@@ -1,4 +1,4 @@
-"""Resources several components declare the same way: KMS keys and single-port TCP rules."""
+"""Resources several components declare alike: KMS keys, log groups, single-port TCP rules."""
 
 from __future__ import annotations
 
@@ -39,6 +39,25 @@ def kms_key(
             opts=opts,
         )
     return key
+
+
+def log_group(
+    resource_name: str,
+    settings: StackSettings,
+    *,
+    log_group_name: str,
+    tag_name: str,
+    opts: pulumi.ResourceOptions,
+) -> aws.cloudwatch.LogGroup:
+    """A log group an AWS service writes into, declared by the stack so that the stack's
+    retention (`liftoff:flowLogsRetentionDays`) applies instead of the service's "never expire"."""
+    return aws.cloudwatch.LogGroup(
+        resource_name,
+        name=log_group_name,
+        retention_in_days=settings.flow_logs_retention_days,
+        tags=tags(settings, tag_name),
+        opts=opts,
+    )
 
 
 def tcp_rule(
