@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.charts.chart import REPO_ROOT, render
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.fixtures.redis import free_port
 
 
 def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 30) -> None:
@@ -40,7 +34,7 @@ def test_rendered_pod_spec_boots_the_gateway_and_drains_on_sigterm(tmp_path: Pat
     manifests = render()
     config_file = tmp_path / "config.yaml"
     config_file.write_text(manifests.one("ConfigMap")["data"]["config.yaml"])
-    port = _free_port()
+    port = free_port()
     env = {
         **manifests.env,
         "LIFTOFF_CONFIG": str(config_file),
