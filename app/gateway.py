@@ -3,9 +3,10 @@
 Per generation request, in order:
   auth (hash lookup) -> body size/type -> JSON -> validation -> token count (off the loop when
   large) -> max_tokens default/clamp/context check -> [limits+budget admit  ||  cache lookup]
-  (run concurrently: at most one Redis round trip each, in parallel) -> moderation (optional) ->
+  (issued together: one Redis write, one round trip) -> moderation (optional) ->
   upstream (single flight for cacheable requests, batching for single-prompt completions) ->
-  response; settle, cache write, usage and metrics run after the response, off its path.
+  response; settle, cache write (together: one Redis write), usage and metrics run after the
+  response, off its path.
 """
 
 from __future__ import annotations
