@@ -18,6 +18,7 @@ from typing import Any
 from infra.policies import (
     EKS_CLUSTER,
     EKS_NODE_GROUP,
+    KMS_KEY,
     LAUNCH_TEMPLATE,
     LOAD_BALANCERS,
     REPLICATION_GROUP,
@@ -31,7 +32,6 @@ PRICES_PATH = Path(__file__).with_name("data") / "prices.json"
 NAT_GATEWAY = "aws:ec2/natGateway:NatGateway"
 ELASTIC_IP = "aws:ec2/eip:Eip"
 VPC_ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
-KMS_KEY = "aws:kms/key:Key"
 METRIC_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 WEB_ACL = "aws:wafv2/webAcl:WebAcl"
 
