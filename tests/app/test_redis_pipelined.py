@@ -159,3 +159,77 @@ async def test_a_cache_miss_costs_one_redis_write_before_the_call_and_one_after(
         assert writes == [2, 2]  # settle + cache store, together, after the response
         hit = await gw.chat(temperature=0)
         assert hit.headers["x-liftoff-cache"] == "hit"
+
+
+async def test_the_database_in_the_url_is_selected(redis_url: str) -> None:
+    import redis as sync_redis
+
+    client = create_redis(redis_url.rsplit("/", 1)[0] + "/3")
+    await client.set("where", "db3")
+    await client.aclose()
+    db3 = sync_redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3")
+    db0 = sync_redis.Redis.from_url(redis_url)
+    try:
+        assert db3.get("where") == b"db3" and db0.get("where") is None
+    finally:
+        db3.close()
+        db0.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tls_redis(tmp_path) -> Iterator[tuple[int, str]]:
+    """A redis-server speaking only TLS, with a self-signed certificate for 127.0.0.1."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed to make the TLS test certificate (apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("redis-server with TLS did not start")
+                time.sleep(0.05)
+        yield port, str(cert)
+    finally:
+        server.terminate()
+        server.wait(timeout=5)
+
+
+async def test_tls_connection_verifies_the_server_certificate(tls_redis) -> None:
+    port, ca = tls_redis
+    trusted = create_redis(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}")
+    assert await trusted.ping() is True
+    script = register_script(trusted, "return ARGV[1]")
+    assert await script(args=["over tls"]) == b"over tls"
+    await trusted.aclose()
+    untrusted = create_redis(f"rediss://127.0.0.1:{port}/0")  # system CAs only
+    with pytest.raises(BackendUnavailable):
+        await ping(untrusted)
+    await untrusted.aclose()
