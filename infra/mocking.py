@@ -12,7 +12,8 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -462,42 +463,54 @@ def ensure_event_loop() -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
 
 
+@contextmanager
+def mocked_runtime(
+    stack: str,
+    config: Mapping[str, str],
+    monitor: RecordingMonitor,
+    logger: logging.Logger | None = None,
+) -> Iterator[None]:
+    """Pulumi's runtime as `pulumi up` on `stack` with `config` would set it up, registering
+    into `monitor`; every registration is awaited on leaving and the runtime reset after."""
+    ensure_event_loop()
+    runtime_settings.reset_options(project=PROJECT, stack=stack, preview=False)
+    set_all_config(dict(config), [k for k in SECRET_KEYS if k in config])
+    pulumi_mocks.set_mocks(
+        monitor.mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor, logger=logger
+    )
+    try:
+        yield
+        _sync_await(wait_for_rpcs())
+    finally:
+        runtime_settings.reset_options(project=PROJECT, stack=stack)
+        set_all_config({}, [])
+
+
 def run_program(stack: str, overrides: Mapping[str, str] | None = None) -> ProgramRun:
     """Run the program for `stack` under mocks; SettingsError comes before any resource."""
     settings = load_stack_file(stack, overrides)  # fails fast, before the runtime is touched
     config = flat_config(stack, overrides)
 
-    mocks = LiftoffMocks(settings.region, stack)
-    monitor = RecordingMonitor(mocks)
+    monitor = RecordingMonitor(LiftoffMocks(settings.region, stack))
     logger = logging.getLogger(f"liftoff.mock.{stack}")
     logger.propagate = False
     handler = _ListHandler()
     logger.handlers = [handler]
 
-    ensure_event_loop()
-    runtime_settings.reset_options(project=PROJECT, stack=stack, preview=False)
-    set_all_config(config, [k for k in SECRET_KEYS if k in config])
-    pulumi_mocks.set_mocks(
-        mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor, logger=logger
-    )
-    try:
+    outputs: dict[str, Any] = {}
+    secret_outputs: set[str] = set()
+    with mocked_runtime(stack, config, monitor, logger):
         from infra.stack import define_stack
 
         define_stack()
         _sync_await(wait_for_rpcs())
         root = runtime_settings.get_root_resource()
         assert root is not None
-        outputs: dict[str, Any] = {}
-        secret_outputs: set[str] = set()
         for name, value in dict(root.outputs).items():  # type: ignore[attr-defined]
             output = pulumi.Output.from_input(value)
             outputs[name] = _sync_await(output.future())
             if _sync_await(output.is_secret()):
                 secret_outputs.add(name)
-        _sync_await(wait_for_rpcs())
-    finally:
-        runtime_settings.reset_options(project=PROJECT, stack=stack)
-        set_all_config({}, [])
     return ProgramRun(
         resources=list(monitor.recorded),
         outputs=outputs,

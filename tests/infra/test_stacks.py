@@ -14,7 +14,7 @@ from infra.mocking import (
     ProgramRun,
     RecordedResource,
     RecordingMonitor,
-    ensure_event_loop,
+    mocked_runtime,
     run_program,
 )
 from infra.settings import ENVIRONMENTS, SettingsError
@@ -465,24 +465,8 @@ def _run_entry_point(config: dict[str, str], monitor: RecordingMonitor, stack: s
     """Execute infra/__main__.py as the Pulumi CLI would, with `config`, under mocks."""
     import runpy
 
-    from pulumi.runtime import mocks as pulumi_mocks
-    from pulumi.runtime import settings as runtime_settings
-    from pulumi.runtime.config import set_all_config
-    from pulumi.runtime.stack import wait_for_rpcs
-    from pulumi.runtime.sync_await import _sync_await
-
-    ensure_event_loop()
-    runtime_settings.reset_options(project="liftoff", stack=stack)
-    set_all_config(config, [])
-    pulumi_mocks.set_mocks(
-        monitor.mocks, project="liftoff", stack=stack, preview=False, monitor=monitor
-    )
-    try:
+    with mocked_runtime(stack, config, monitor):
         runpy.run_module("infra.__main__", run_name="__main__")
-        _sync_await(wait_for_rpcs())
-    finally:
-        runtime_settings.reset_options(project="liftoff", stack=stack)
-        set_all_config({}, [])
 
 
 def test_entry_point_builds_the_stack_from_pulumi_config() -> None:
