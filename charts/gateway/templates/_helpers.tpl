@@ -57,6 +57,16 @@ the chart's appVersion; with one, the digest alone decides what is pulled.
 {{- end }}
 {{- end }}
 
+{{/* An HTTP probe on the container's `http` port from one entry of .Values.probes. */}}
+{{- define "gateway.httpProbe" -}}
+httpGet:
+  path: {{ .path }}
+  port: http
+periodSeconds: {{ .periodSeconds }}
+timeoutSeconds: {{ .timeoutSeconds }}
+failureThreshold: {{ .failureThreshold }}
+{{- end }}
+
 {{/* Smallest number of replicas the Deployment can run with. */}}
 {{- define "gateway.minReplicas" -}}
 {{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas | int }}{{ else }}{{ .Values.replicaCount | int }}{{ end }}
