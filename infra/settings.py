@@ -326,7 +326,7 @@ class StackSettings(BaseModel):
     )
     vpa_mode: Literal["Off", "Initial", "Recreate", "Auto"] = _setting(
         "Off",
-        "one of Off, Initial, Recreate, Auto",
+        "one of " + ", ".join(VPA_MODES),
         "VerticalPodAutoscaler update mode; anything but Off installs the VPA controller.",
         alias="vpaMode",
     )

@@ -50,10 +50,6 @@ UNTAGGABLE = {
 }
 
 
-def _by_name(run: ProgramRun, type_: str) -> dict[str, RecordedResource]:
-    return {r.name: r for r in run.of_type(type_)}
-
-
 def _release(run: ProgramRun, release_name: str) -> RecordedResource:
     return next(r for r in run.of_type(RELEASE) if r.inputs["name"] == release_name)
 
