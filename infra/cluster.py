@@ -329,6 +329,9 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-nodes",
             cluster_name=cluster.name,
             node_group_name=f"{s.prefix}-nodes",
+            # The cluster's output, not the setting: on an upgrade the nodes follow only once the
+            # control plane runs the new version (EKS refuses nodes newer than the control plane).
+            version=cluster.version,
             node_role_arn=node_role.arn,
             subnet_ids=list(args.private_subnet_ids),
             instance_types=list(s.node_instance_types),
@@ -459,6 +462,8 @@ class Cluster(pulumi.ComponentResource):
             {
                 "cloudProvider": "aws",
                 "awsRegion": s.region,
+                # The autoscaler's minor version must match the cluster's (its compatibility rule).
+                "image": {"tag": f"v{s.kubernetes_version}.0"},
                 "autoDiscovery": {"clusterName": cluster_name},
                 "rbac": {
                     "serviceAccount": {

@@ -116,7 +116,7 @@ class StackSettings(BaseModel):
     flow_logs_retention_days: int = _setting(
         30,
         "a CloudWatch retention: " + ", ".join(map(str, LOG_RETENTION_DAYS)),
-        "Days VPC flow logs are kept in CloudWatch Logs.",
+        "Days VPC flow logs and EKS control-plane logs are kept in CloudWatch Logs.",
         alias="flowLogsRetentionDays",
     )
     # --- cluster -------------------------------------------------------------------------

@@ -222,3 +222,20 @@ def test_cache_auth_token_rotation(dev_run: ProgramRun) -> None:
     }
     cache = run.one(CACHE).inputs
     assert cache["authTokenWoVersion"] == 2 and cache["authTokenUpdateStrategy"] == "ROTATE"
+
+
+def test_kubernetes_version_upgrades_control_plane_then_nodes(dev_run: ProgramRun) -> None:
+    run = run_program("dev", {"liftoff:kubernetesVersion": "1.34"})
+    d = diff(dev_run, run)
+    assert not d.added and not d.removed
+    assert d.changed == {
+        ("aws:eks/cluster:Cluster", "liftoff-dev-eks"): {"version"},
+        (NODE_GROUP, "liftoff-dev-nodes"): {"version"},
+        (RELEASE, "liftoff-dev-cluster-autoscaler"): {"values"},
+    }
+    assert run.one(NODE_GROUP).inputs["version"] == "1.34"
+    autoscaler = next(r for r in run.of_type(RELEASE) if r.inputs["name"] == "cluster-autoscaler")
+    assert autoscaler.inputs["values"]["image"] == {"tag": "v1.34.0"}
+    # The node group takes the version from the cluster's output, so it waits for the control plane.
+    cluster = run.one("aws:eks/cluster:Cluster")
+    assert cluster.urn in run.one(NODE_GROUP).options["dependencies"]
