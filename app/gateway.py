@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import math
 import os
 import re
 import time
@@ -43,7 +44,14 @@ from app.errors import (
     UpstreamError,
     to_api_error,
 )
-from app.limits import KeyPolicy, MemoryLimitStore, RedisLimitStore, ResilientLimitStore
+from app.limits import (
+    PERIOD_S,
+    KeyPolicy,
+    MemoryLimitStore,
+    RedisLimitStore,
+    ResilientLimitStore,
+    format_duration,
+)
 from app.log import request_id as request_id_var
 from app.metrics import Metrics
 from app.redis_backend import BackendUnavailable, create_redis
@@ -57,7 +65,7 @@ from app.schemas import (
 )
 from app.secrets import CLIENT_KEYS, REDIS_AUTH_TOKEN, UPSTREAM_API_KEY, SecretStore
 from app.streaming import StreamRelay, error_event, replay
-from app.upstream import CallStats, UpstreamClient
+from app.upstream import CallStats, UpstreamClient, parse_duration
 
 log = logging.getLogger("liftoff.gateway")
 access = logging.getLogger("liftoff.access")
@@ -82,6 +90,7 @@ class Ctx:
     model: str = "-"
     key: str = "-"
     cache: str | None = None
+    admitted: bool = False  # the limiter ran: its x-ratelimit-* headers are in `headers`
     headers: dict[str, str] = field(default_factory=dict)
     stats: CallStats = field(default_factory=CallStats)
     waited_s: float = 0.0  # time spent waiting on other requests (single flight, batch window)
@@ -132,6 +141,9 @@ class Gateway:
         self.batcher: Any = None
         self.simulator: Any = None
         self._after: set[asyncio.Task[None]] = set()
+        # Per key name (bounded by the configured keys): when this process last saw an admission
+        # of that key and its x-ratelimit-* headers, for responses the limiter never saw.
+        self._limits_seen: dict[str, tuple[float, dict[str, str]]] = {}
         # Resolved metric children per (route, model, status): labels() costs a lock and a lookup.
         self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._forward = frozenset(config.upstream.forward_headers)
@@ -276,11 +288,47 @@ class Gateway:
             encoded = name.encode("latin-1")
             if encoded not in present:
                 raw.append((encoded, value.encode("latin-1")))
+        if not ctx.admitted and ctx.key != "-":
+            # Rejected before the limiter ran (400, 404, 413, 415, 503 ...): still tell an
+            # authenticated caller where its limits stand, without a Redis round trip.
+            for name, value in self.known_limit_headers(ctx.key).items():
+                encoded = name.encode("latin-1")
+                if encoded not in present:
+                    raw.append((encoded, value.encode("latin-1")))
         if b"x-liftoff-overhead-ms" not in present:
             raw.append((b"x-liftoff-overhead-ms", f"{ctx.overhead_ms():.3f}".encode()))
         if not isinstance(response, StreamingResponse):
             self.record(ctx, response.status_code, method)
         return response
+
+    def known_limit_headers(self, key_name: str, now: float | None = None) -> dict[str, str]:
+        """The key's x-ratelimit-* headers as last known in this process, aged to `now`.
+
+        From the latest admission of the key seen here: its backlog (the reset value) drains at
+        the limit's rate, and `remaining` follows from it as the limiter computes it (GCRA, a
+        full-period burst). Other replicas' admissions since then are not seen, so `remaining`
+        may be high by what they admitted. With no admission seen yet: the full limit.
+        """
+        policy = self.policies.get(key_name)
+        if policy is None:
+            return {}
+        seen = self._limits_seen.get(key_name)
+        elapsed = 0.0
+        if seen is not None:
+            elapsed = (time.monotonic() if now is None else now) - seen[0]
+        out: dict[str, str] = {}
+        for kind, limit in (("requests", policy.rpm), ("tokens", policy.tpm)):
+            if limit is None:
+                continue  # unlimited: the limiter sends no headers for it either
+            backlog = 0.0
+            if seen is not None:
+                backlog = parse_duration(seen[1].get(f"x-ratelimit-reset-{kind}", "")) or 0.0
+                backlog = max(0.0, backlog - elapsed)
+            remaining = math.floor((PERIOD_S - backlog) * limit / PERIOD_S + 1e-6)
+            out[f"x-ratelimit-limit-{kind}"] = str(limit)
+            out[f"x-ratelimit-remaining-{kind}"] = str(max(0, min(limit, remaining)))
+            out[f"x-ratelimit-reset-{kind}"] = format_duration(backlog)
+        return out
 
     def record(
         self, ctx: Ctx, status: int, method: str, extra: Mapping[str, Any] | None = None
@@ -465,7 +513,9 @@ class Gateway:
                 # The lookup never raises; awaited even when admission failed, so it never
                 # outlives the request.
                 cache_key, cached = await lookup
+        ctx.admitted = True
         ctx.headers.update(admission.headers)
+        self._limits_seen[key.name] = (time.monotonic(), admission.headers)
         if admission.budget_remaining_usd is not None:
             ctx.headers["x-liftoff-budget-remaining"] = f"{admission.budget_remaining_usd:.6f}"
         if not admission.allowed:

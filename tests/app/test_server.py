@@ -227,6 +227,83 @@ async def test_rate_limit_429_with_retry_after_and_openai_headers(simulator):
     assert 'liftoff_rate_limit_rejections_total{reason="rate_limit_requests"} 1.0' in metrics
 
 
+RATE_HEADERS = [
+    f"x-ratelimit-{what}-{kind}"
+    for kind in ("requests", "tokens")
+    for what in ("limit", "remaining", "reset")
+]
+
+
+async def test_rate_limit_headers_on_responses_rejected_before_the_limiter(simulator):
+    keys = client_keys_json(alice={"rpm": 5, "tpm": 100_000})
+    async with running(make_config(simulator.url), {"LIFTOFF_CLIENT_KEYS": keys}) as gw:
+        post = gw.client.post
+        # Nothing admitted yet for bob: his full limits (the defaults), nothing to wait for.
+        fresh = await gw.chat(key=BOB, model="gpt-9-ultra")
+        admitted = [await gw.chat() for _ in range(2)]
+        invalid = await gw.chat(temperature=9)
+        unknown_model = await gw.chat(model="gpt-9-ultra")
+        wrong_type = await post(
+            "/v1/chat/completions",
+            content=b"model=fast",
+            headers={**auth(), "content-type": "text/plain"},
+        )
+        too_large = await post(
+            "/v1/completions", json={"model": "fast", "prompt": "x" * 1_100_000}, headers=auth()
+        )
+        models = await gw.client.get("/v1/models", headers=auth())
+        unauthenticated = await gw.chat(key="not-a-key", temperature=9)
+        no_key = await post("/v1/chat/completions", json={"model": "fast"})
+    assert [r.status_code for r in admitted] == [200, 200]
+    rejected = {400: invalid, 404: unknown_model, 415: wrong_type, 413: too_large}
+    assert {status: r.status_code for status, r in rejected.items()} == {s: s for s in rejected}
+    last = admitted[-1].headers
+    for response in [*rejected.values(), models]:
+        headers = response.headers
+        assert all(name in headers for name in RATE_HEADERS), headers
+        assert headers["x-ratelimit-limit-requests"] == "5"
+        assert headers["x-ratelimit-limit-tokens"] == "100000"
+        # The latest admission's figures (nothing refilled a whole request since): 5 - 2 = 3.
+        assert headers["x-ratelimit-remaining-requests"] == "3"
+        assert int(headers["x-ratelimit-remaining-tokens"]) >= int(
+            last["x-ratelimit-remaining-tokens"]
+        )
+        reset = headers["x-ratelimit-reset-requests"]
+        assert reset.endswith("s") and reset != "0s"
+    assert fresh.status_code == 404
+    assert fresh.headers["x-ratelimit-limit-requests"] == "600"
+    assert fresh.headers["x-ratelimit-remaining-requests"] == "600"
+    assert fresh.headers["x-ratelimit-remaining-tokens"] == "200000"
+    assert fresh.headers["x-ratelimit-reset-requests"] == "0s"
+    # No key recognised: no limits to report (and none of the configured ones disclosed).
+    for response in (unauthenticated, no_key):
+        assert response.status_code == 401
+        assert not [name for name in response.headers if name.startswith("x-ratelimit-")]
+
+
+def test_known_limit_headers_age_with_time():
+    from app.gateway import Gateway  # not started: known_limit_headers needs no back end
+    from app.limits import KeyPolicy
+
+    gateway = Gateway(make_config(None), env={})
+    gateway.policies = {"k": KeyPolicy("k", 60, None, None)}
+    assert gateway.known_limit_headers("nobody") == {}
+    assert gateway.known_limit_headers("k") == {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "60",
+        "x-ratelimit-reset-requests": "0s",
+    }
+    # An admission left 30 s of backlog (30 of 60 requests used) at t=100.
+    gateway._limits_seen["k"] = (100.0, {"x-ratelimit-reset-requests": "30s"})
+    assert gateway.known_limit_headers("k", now=100.0)["x-ratelimit-remaining-requests"] == "30"
+    aged = gateway.known_limit_headers("k", now=110.0)
+    assert aged["x-ratelimit-remaining-requests"] == "40"
+    assert aged["x-ratelimit-reset-requests"] == "20s"
+    drained = gateway.known_limit_headers("k", now=500.0)
+    assert drained["x-ratelimit-remaining-requests"] == "60"
+    assert drained["x-ratelimit-reset-requests"] == "0s"
+
+
 async def test_budget_hard_limit_is_insufficient_quota_before_the_call(simulator):
     simulator.app.reset()
     keys = client_keys_json(alice={"monthly_budget_usd": 0.001})
