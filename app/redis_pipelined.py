@@ -8,8 +8,9 @@ one connection, and replies are matched to callers in order (Redis answers in or
 admit and lookup therefore share one round trip, and under load so do many requests' commands.
 
 `PipelinedRedis` is a `redis.asyncio.Redis`: the commands it sends through `execute_command` take
-the pipelined connection, parsed by redis-py's own response callbacks; `pipeline()` and anything
-else that checks a connection out of the pool still uses the pool. A connection failure fails
+the pipelined connection, parsed by redis-py's own response callbacks; blocking commands and those
+that change a connection's state (SELECT, MULTI, SUBSCRIBE, ...), `pipeline()` and anything else
+that checks a connection out of the pool still use the pool. A connection failure fails
 the commands in flight (each is retried once on a fresh connection, as redis-py's one-retry policy
 does); a reply later than the socket timeout fails every command in flight and drops the
 connection, so a hung Redis costs at most that timeout.
@@ -34,6 +35,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 _MORE = object()  # hiredis: no complete reply buffered yet
 _NEVER_DECODE = "NEVER_DECODE"
 _EMPTY_RESPONSE = "EMPTY_RESPONSE"
+
+# Commands that keep the shared connection waiting (every reply behind theirs is held up, and a
+# wait past the socket timeout drops the connection) or change its state for every caller (its
+# database, transaction, subscriptions, whether Redis replies at all): these take a pool connection.
+_POOL_COMMANDS = frozenset(
+    {
+        *("BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP"),
+        *("XREAD", "XREADGROUP", "WAIT", "WAITAOF"),
+        *("SELECT", "AUTH", "HELLO", "RESET", "QUIT", "CLIENT REPLY", "MONITOR"),
+        *("MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH"),
+        *("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"),
+    }
+)
 
 
 class _Link(asyncio.Protocol):
@@ -141,6 +155,8 @@ class PipelinedRedis(aioredis.Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         name = args[0]
+        if isinstance(name, str) and name.upper() in _POOL_COMMANDS:
+            return await super().execute_command(*args, **options)
         if isinstance(name, str) and " " in name:
             # redis-py spells some commands "SCRIPT FLUSH": Redis wants two words.
             packed = hiredis.pack_command((*name.split(), *args[1:]))

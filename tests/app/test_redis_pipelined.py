@@ -233,3 +233,21 @@ async def test_tls_connection_verifies_the_server_certificate(tls_redis) -> None
     with pytest.raises(BackendUnavailable):
         await ping(untrusted)
     await untrusted.aclose()
+
+
+async def test_a_blocking_command_does_not_hold_up_other_callers(client: PipelinedRedis) -> None:
+    await client.ping()
+    blocked = asyncio.ensure_future(client.blpop(["empty-list"], timeout=0.3))
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    assert await client.echo("mine") == b"mine"
+    assert time.monotonic() - started < 0.1  # not queued behind BLPOP's 0.3 s wait
+    assert await blocked is None
+
+
+async def test_connection_state_commands_do_not_change_the_shared_connection(
+    client: PipelinedRedis,
+) -> None:
+    await client.set("where", "the url's db")
+    assert await client.execute_command("SELECT", 1) is True  # a pooled connection, not ours
+    assert await client.get("where") == b"the url's db"
