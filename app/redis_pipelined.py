@@ -236,9 +236,8 @@ class PipelinedRedis(aioredis.Redis):
         if template.db:
             handshake.append(("SELECT", template.db))
         try:
-            replies = [link.send(hiredis.pack_command(command)) for command in handshake]
-            for reply in replies:
-                await reply
+            # gather reads every reply: after a failed AUTH the replies behind it fail too.
+            await asyncio.gather(*(link.send(hiredis.pack_command(c)) for c in handshake))
         except BaseException:
             link.fail(RedisConnectionError("handshake failed"))
             raise

@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from app.redis_backend import BackendUnavailable, create_redis, ping, register_script
 from app.redis_pipelined import PipelinedRedis, _Link
+from tests.fixtures.redis import RedisServer, free_port, redis_binary
 
 
 @pytest.fixture
@@ -176,12 +177,6 @@ async def test_the_database_in_the_url_is_selected(redis_url: str) -> None:
         db0.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def tls_redis(tmp_path) -> Iterator[tuple[int, str]]:
     """A redis-server speaking only TLS, with a self-signed certificate for 127.0.0.1."""
@@ -198,9 +193,9 @@ def tls_redis(tmp_path) -> Iterator[tuple[int, str]]:
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+        [redis_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
          "--tls-cert-file", str(cert), "--tls-key-file", str(key),
          "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
          "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
@@ -251,3 +246,43 @@ async def test_connection_state_commands_do_not_change_the_shared_connection(
     await client.set("where", "the url's db")
     assert await client.execute_command("SELECT", 1) is True  # a pooled connection, not ours
     assert await client.get("where") == b"the url's db"
+
+
+async def test_a_reconnect_authenticates_and_selects_the_database_again(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = RedisServer(redis_binary(), free_port(), tmp_path, password="s3cret token")
+    server.start()
+    url = f"redis://127.0.0.1:{server.port}/2"
+    client = create_redis(url, auth_token="s3cret token")
+    wrong = create_redis(url, auth_token="not it")
+    try:
+        await client.set("where", "db2")
+        server.stop()
+        server.start()
+        await client.set("where", "db2 again")  # a fresh connection: AUTH and SELECT 2 first
+        assert await client.get("where") == b"db2 again"
+        assert await client.execute_command("DBSIZE") == 1
+        replies = _record_replies(monkeypatch)
+        with pytest.raises(BackendUnavailable):
+            await ping(wrong)
+        # AUTH fails and so do CLIENT SETNAME and SELECT behind it: none of those errors may be
+        # left unread (asyncio logs "Future exception was never retrieved" for each).
+        assert len(replies) == 3 and all(reply.done() for reply in replies)
+        assert not any(reply._log_traceback for reply in replies)
+    finally:
+        await client.aclose()
+        await wrong.aclose()
+        server.stop()
+
+
+def _record_replies(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.Future]:
+    replies: list[asyncio.Future] = []
+    send = _Link.send
+
+    def recording_send(self: _Link, packed: bytes) -> asyncio.Future:
+        replies.append(send(self, packed))
+        return replies[-1]
+
+    monkeypatch.setattr(_Link, "send", recording_send)
+    return replies
