@@ -53,13 +53,16 @@ _POOL_COMMANDS = frozenset(
 class _Link(asyncio.Protocol):
     """One socket: commands written once per loop turn, replies handed out in FIFO order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout_s: float) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, reply_timeout_s: float, decoding: dict[str, str]
+    ) -> None:
         self._loop = loop
         self._timeout = reply_timeout_s
         self._reader = hiredis.Reader(
             protocolError=InvalidResponse,
             replyError=BaseParser.parse_error,
             notEnoughData=_MORE,
+            **decoding,
         )
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._out: list[bytes] = []
@@ -155,7 +158,10 @@ class PipelinedRedis(aioredis.Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         name = args[0]
-        if isinstance(name, str) and name.upper() in _POOL_COMMANDS:
+        if (isinstance(name, str) and name.upper() in _POOL_COMMANDS) or (
+            # The shared connection decodes every reply or none; DUMP and the like want bytes.
+            _NEVER_DECODE in options and self.get_encoder().decode_responses
+        ):
             return await super().execute_command(*args, **options)
         if isinstance(name, str) and " " in name:
             # redis-py spells some commands "SCRIPT FLUSH": Redis wants two words.
@@ -208,7 +214,13 @@ class PipelinedRedis(aioredis.Redis):
         pool = self.connection_pool
         template = pool.connection_class(**pool.connection_kwargs)
         loop = asyncio.get_running_loop()
-        link = _Link(loop, template.socket_timeout or 5.0)
+        encoder = template.encoder
+        decoding = (
+            {"encoding": encoder.encoding, "errors": encoder.encoding_errors}
+            if encoder.decode_responses
+            else {}
+        )
+        link = _Link(loop, template.socket_timeout or 5.0, decoding)
         try:
             async with asyncio.timeout(template.socket_connect_timeout or 5.0):
                 if isinstance(template, UnixDomainSocketConnection):

@@ -286,3 +286,19 @@ def _record_replies(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.Future]:
 
     monkeypatch.setattr(_Link, "send", recording_send)
     return replies
+
+
+async def test_replies_are_decoded_when_the_client_asks_for_it(redis_url: str) -> None:
+    import redis as sync_redis
+
+    client = PipelinedRedis.from_url(redis_url, decode_responses=True)
+    undecoded = sync_redis.Redis.from_url(redis_url)
+    try:
+        await client.set("text", "zwölf")
+        await client.hset("h", "k", "v")
+        assert await client.get("text") == "zwölf"
+        assert await client.hgetall("h") == {"k": "v"}
+        assert await client.dump("text") == undecoded.dump("text")  # bytes: never decoded
+    finally:
+        await client.aclose()
+        undecoded.close()
