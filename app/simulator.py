@@ -405,40 +405,35 @@ class Simulator:
         prompt_tokens = text.count_message_tokens(messages)
         completion_tokens = sum(g.completion_tokens for g in generations)
         usage = _usage(prompt_tokens, completion_tokens, chat=True)
-        ttft, per_token = self._latency(headers)
-        response_id = "chatcmpl-" + os.urandom(15).hex()[:29]
-        created = int(time.time())
-        if payload.get("stream"):
-            chunks = _chat_chunks(
-                response_id, created, model, generations, usage, _include_usage(payload)
-            )
-            await _stream(send, receive, chunks, ttft, per_token, cut)
-            return
-        await _sleep(ttft + per_token * max(len(g.pieces) for g in generations))
-        body = {
-            "id": response_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {
-                        "role": "assistant",
-                        "content": g.text,
-                        "refusal": None,
-                        "annotations": [],
-                    },
-                    "logprobs": None,
-                    "finish_reason": g.finish_reason,
-                }
-                for i, g in enumerate(generations)
-            ],
-            "usage": usage,
-            "service_tier": "default",
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-        }
-        await _send_body(send, orjson.dumps(body), cut)
+
+        def body(response_id: str, created: int) -> dict[str, Any]:
+            return {
+                "id": response_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {
+                            "role": "assistant",
+                            "content": g.text,
+                            "refusal": None,
+                            "annotations": [],
+                        },
+                        "logprobs": None,
+                        "finish_reason": g.finish_reason,
+                    }
+                    for i, g in enumerate(generations)
+                ],
+                "usage": usage,
+                "service_tier": "default",
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+            }
+
+        await self._respond(
+            send, receive, payload, headers, cut, model, generations, usage, body, chat=True
+        )
 
     async def _completions(
         self,
@@ -463,29 +458,50 @@ class Simulator:
                 choice_texts.append(prefix + g.text)
         completion_tokens = sum(g.completion_tokens for g in generations)
         usage = _usage(prompt_tokens, completion_tokens, chat=False)
+
+        def body(response_id: str, created: int) -> dict[str, Any]:
+            return {
+                "id": response_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"text": t, "index": i, "logprobs": None, "finish_reason": g.finish_reason}
+                    for i, (t, g) in enumerate(zip(choice_texts, generations, strict=True))
+                ],
+                "usage": usage,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+            }
+
+        await self._respond(
+            send, receive, payload, headers, cut, model, generations, usage, body, chat=False
+        )
+
+    async def _respond(
+        self,
+        send: Send,
+        receive: Receive,
+        payload: dict[str, Any],
+        headers: dict[str, str],
+        cut: bool,
+        model: str,
+        generations: list[text.Generation],
+        usage: dict[str, Any],
+        body: Callable[[str, int], dict[str, Any]],
+        *,
+        chat: bool,
+    ) -> None:
+        """Stream the chunks or send `body` after the latency a real provider would take."""
         ttft, per_token = self._latency(headers)
-        response_id = "cmpl-" + os.urandom(15).hex()[:29]
+        response_id = ("chatcmpl-" if chat else "cmpl-") + os.urandom(15).hex()[:29]
         created = int(time.time())
         if payload.get("stream"):
-            chunks = _completion_chunks(
-                response_id, created, model, generations, usage, _include_usage(payload)
-            )
-            await _stream(send, receive, chunks, ttft, per_token, cut)
+            chunks = _chat_chunks if chat else _completion_chunks
+            steps = chunks(response_id, created, model, generations, usage, _include_usage(payload))
+            await _stream(send, receive, steps, ttft, per_token, cut)
             return
         await _sleep(ttft + per_token * max(len(g.pieces) for g in generations))
-        body = {
-            "id": response_id,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {"text": t, "index": i, "logprobs": None, "finish_reason": g.finish_reason}
-                for i, (t, g) in enumerate(zip(choice_texts, generations, strict=True))
-            ],
-            "usage": usage,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-        }
-        await _send_body(send, orjson.dumps(body), cut)
+        await _send_body(send, orjson.dumps(body(response_id, created)), cut)
 
     async def _moderations(
         self,
@@ -665,44 +681,28 @@ def _chat_chunks(
 ) -> list[list[dict[str, Any]]]:
     """Chunks grouped by step: step 0 is the role, then one token per choice per step."""
 
-    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": response_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "service_tier": "default",
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": choices,
-        }
-        if include_usage:
-            out["usage"] = None
-        return out
-
-    def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    def choice(index: int, piece: str | None, finish: str | None = None) -> dict[str, Any]:
+        delta = {} if piece is None else {"content": piece}
         return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-    steps: list[list[dict[str, Any]]] = [
-        [
-            chunk([choice(i, {"role": "assistant", "content": "", "refusal": None})])
-            for i in range(len(generations))
-        ]
+    envelope = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "service_tier": "default",
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+    opening = [
+        {
+            "index": i,
+            "delta": {"role": "assistant", "content": "", "refusal": None},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+        for i in range(len(generations))
     ]
-    for position in range(max(len(g.pieces) for g in generations)):
-        steps.append(
-            [
-                chunk([choice(i, {"content": g.pieces[position]})])
-                for i, g in enumerate(generations)
-                if position < len(g.pieces)
-            ]
-        )
-    final = [chunk([choice(i, {}, g.finish_reason)]) for i, g in enumerate(generations)]
-    if include_usage:
-        usage_chunk = chunk([])
-        usage_chunk["usage"] = usage
-        final.append(usage_chunk)
-    steps.append(final)
-    return steps
+    return _chunk_steps(envelope, generations, usage, include_usage, choice, opening)
 
 
 def _completion_chunks(
@@ -713,32 +713,49 @@ def _completion_chunks(
     usage: dict[str, Any],
     include_usage: bool,
 ) -> list[list[dict[str, Any]]]:
+    def choice(index: int, piece: str | None, finish: str | None = None) -> dict[str, Any]:
+        content = "" if piece is None else piece
+        return {"text": content, "index": index, "logprobs": None, "finish_reason": finish}
+
+    envelope = {
+        "id": response_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+    return _chunk_steps(envelope, generations, usage, include_usage, choice, opening=[])
+
+
+def _chunk_steps(
+    envelope: dict[str, Any],
+    generations: Sequence[text.Generation],
+    usage: dict[str, Any],
+    include_usage: bool,
+    choice: Callable[[int, str | None, str | None], dict[str, Any]],
+    opening: list[dict[str, Any]],
+) -> list[list[dict[str, Any]]]:
+    """One chunk per choice per step: the `opening` choices, a token each, then the finish reasons.
+
+    `choice(index, piece, finish)` shapes a choice; `piece` is None in the closing step.
+    """
+
     def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": response_id,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": choices,
-        }
+        out = {**envelope, "choices": choices}
         if include_usage:
-            out["usage"] = None
+            out["usage"] = None  # OpenAI sends usage: null on every chunk but the last
         return out
 
-    def choice(index: int, piece: str, finish: str | None = None) -> dict[str, Any]:
-        return {"text": piece, "index": index, "logprobs": None, "finish_reason": finish}
-
-    steps: list[list[dict[str, Any]]] = []
+    steps = [[chunk([c]) for c in opening]] if opening else []
     for position in range(max(len(g.pieces) for g in generations)):
         steps.append(
             [
-                chunk([choice(i, g.pieces[position])])
+                chunk([choice(i, g.pieces[position], None)])
                 for i, g in enumerate(generations)
                 if position < len(g.pieces)
             ]
         )
-    final = [chunk([choice(i, "", g.finish_reason)]) for i, g in enumerate(generations)]
+    final = [chunk([choice(i, None, g.finish_reason)]) for i, g in enumerate(generations)]
     if include_usage:
         usage_chunk = chunk([])
         usage_chunk["usage"] = usage
