@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -20,22 +18,7 @@ from app.redis_backend import (
     register_script,
     unavailable_on_error,
 )
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A loopback port that accepts TCP connections and never answers (a hung Redis)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield listener.getsockname()[1]
-
-
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.fixtures.redis import free_port
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379", ""])
@@ -76,8 +59,8 @@ async def test_auth_token(redis_url: str, redis_server) -> None:
         admin.close()
 
 
-async def test_refused_connection_fails_fast_without_naming_the_host(closed_port: int) -> None:
-    client = create_redis(f"redis://127.0.0.1:{closed_port}/0")
+async def test_refused_connection_fails_fast_without_naming_the_host() -> None:
+    client = create_redis(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     started = time.monotonic()
     with pytest.raises(BackendUnavailable, match=r"^redis PING failed: ConnectionError$"):
         await ping(client)

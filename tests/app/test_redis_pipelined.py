@@ -104,14 +104,6 @@ async def test_scripts_load_with_one_eval_after_noscript(
     assert sent == ["EVALSHA", "EVAL", "EVALSHA"]
 
 
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield listener.getsockname()[1]
-
-
 async def test_a_late_reply_fails_everything_in_flight_within_the_timeout(
     silent_port: int,
 ) -> None:
