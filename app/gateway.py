@@ -52,6 +52,7 @@ from app.limits import (
     ResilientLimitStore,
     format_duration,
 )
+from app.log import AccessLog
 from app.log import request_id as request_id_var
 from app.metrics import Metrics
 from app.redis_backend import BackendUnavailable, create_redis
@@ -65,10 +66,9 @@ from app.schemas import (
 )
 from app.secrets import CLIENT_KEYS, REDIS_AUTH_TOKEN, UPSTREAM_API_KEY, SecretStore
 from app.streaming import StreamRelay, error_event, replay
-from app.upstream import CallStats, UpstreamClient, parse_duration
+from app.upstream import CallStats, Stream, UpstreamClient, parse_duration
 
 log = logging.getLogger("liftoff.gateway")
-access = logging.getLogger("liftoff.access")
 
 SIMULATOR_KEY = "sk-liftoff-simulator"  # what the gateway sends to its built-in simulator
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -142,10 +142,12 @@ class Gateway:
         self.simulator: Any = None
         self._after: set[asyncio.Task[None]] = set()
         # Per key name (bounded by the configured keys): when this process last saw an admission
-        # of that key and its x-ratelimit-* headers, for responses the limiter never saw.
-        self._limits_seen: dict[str, tuple[float, dict[str, str]]] = {}
+        # of that key, its x-ratelimit-* headers and budget left (for responses the limiter never
+        # saw, and to decide whether a stream may be opened before the verdict).
+        self._limits_seen: dict[str, tuple[float, dict[str, str], float | None]] = {}
         # Resolved metric children per (route, model, status): labels() costs a lock and a lookup.
         self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self.access_log = AccessLog()
         self._forward = frozenset(config.upstream.forward_headers)
         self._forward_prefix = "x-simulator-" if config.uses_simulator else None
 
@@ -230,6 +232,7 @@ class Gateway:
         if self.simulator is not None:
             await asyncio.to_thread(self.simulator.stop)
             self.simulator = None
+        self.access_log.flush()
 
     def begin_drain(self) -> None:
         """SIGTERM: readiness goes false at once; in-flight work carries on."""
@@ -347,8 +350,8 @@ class Gateway:
         series[0].inc()
         series[1].observe(elapsed)
         series[2].observe(overhead_ms / 1000)
-        if self.config.server.access_log:
-            fields = {
+        if self.config.server.access_log and self.access_log.enabled():
+            fields: dict[str, Any] = {
                 "method": method,
                 "route": ctx.route,
                 "status": status,
@@ -363,7 +366,7 @@ class Gateway:
             fields.update(ctx.log)
             if extra:
                 fields.update(extra)
-            access.info("request", extra=fields)
+            self.access_log.write(fields)
 
     def error_response(self, ctx: Ctx, exc: BaseException) -> Response:
         api = to_api_error(exc)
@@ -501,21 +504,42 @@ class Gateway:
         cache_key: str | None = None
         cached: bytes | None = None
         lookup = None
+        early: asyncio.Task[Stream] | None = None
         if mode == "use":
             # Started first, awaited after the admission: both commands leave in one Redis write.
             lookup = asyncio.ensure_future(self._lookup(canonical))
+        elif (
+            parsed.stream
+            and not self.config.upstream.moderation.enabled
+            and self._likely_admitted(key.name, total_prompt + output_tokens, worst)
+        ):
+            # A stream the cache cannot answer, for a key this process last saw with room to
+            # spare: open the provider stream while the limiter decides, so time to first token
+            # is not the sum of both. Nothing goes to the client before the verdict, and a
+            # refusal cancels the call and releases its connection and concurrency slot.
+            early = asyncio.ensure_future(self._open_stream(parsed, body, ctx))
         try:
             admission = await admit
-        except BackendUnavailable:
-            raise StateUnavailable() from None
+        except BaseException as exc:
+            if early is not None:
+                _abandon_stream(early)
+            if isinstance(exc, BackendUnavailable):
+                raise StateUnavailable() from None
+            raise
         finally:
             if lookup is not None:
                 # The lookup never raises; awaited even when admission failed, so it never
                 # outlives the request.
                 cache_key, cached = await lookup
+        if early is not None and not admission.allowed:
+            _abandon_stream(early)
         ctx.admitted = True
         ctx.headers.update(admission.headers)
-        self._limits_seen[key.name] = (time.monotonic(), admission.headers)
+        self._limits_seen[key.name] = (
+            time.monotonic(),
+            admission.headers,
+            admission.budget_remaining_usd,
+        )
         if admission.budget_remaining_usd is not None:
             ctx.headers["x-liftoff-budget-remaining"] = f"{admission.budget_remaining_usd:.6f}"
         if not admission.allowed:
@@ -543,12 +567,45 @@ class Gateway:
                     self.metrics.moderation_flagged.inc()
                     raise ContentFlagged()
             if parsed.stream:
-                return await self._stream(request, parsed, body, reservation, cache_key, ctx)
+                opening = early
+                early = None  # _stream owns it from here
+                return await self._stream(
+                    request, parsed, body, reservation, cache_key, ctx, opening
+                )
             return await self._complete(request, parsed, body, reservation, cache_key, ctx)
         except BaseException:
+            if early is not None:
+                _abandon_stream(early)
             if reservation is not None:
                 self.after(self.limits.release(reservation))
             raise
+
+    def _likely_admitted(self, key_name: str, tokens: int, worst_case_usd: float) -> bool:
+        """Whether this process' last view of the key says the limiter will admit this request.
+
+        False when nothing is known yet: a call to the provider before the verdict is made only
+        when a refusal is unlikely, so a key over its limits or budget costs no provider calls.
+        """
+        seen = self._limits_seen.get(key_name)
+        if seen is None:
+            return False
+        budget_left = seen[2]
+        if budget_left is not None and budget_left < 2 * worst_case_usd:
+            return False
+        headers = self.known_limit_headers(key_name)
+        requests = headers.get("x-ratelimit-remaining-requests")
+        if requests is not None and int(requests) < 2:
+            return False
+        remaining_tokens = headers.get("x-ratelimit-remaining-tokens")
+        return remaining_tokens is None or int(remaining_tokens) >= 2 * tokens
+
+    async def _open_stream(self, parsed: ParsedRequest, body: dict[str, Any], ctx: Ctx) -> Stream:
+        path = "/v1/chat/completions" if parsed.kind == "chat" else "/v1/completions"
+        # Always ask for usage: it is what the budget is settled with.
+        upstream_body = {**body, "stream_options": {"include_usage": True}}
+        return await self.upstream.open_stream(
+            path, upstream_body, parsed.model, ctx.stats, self.forward_headers(ctx)
+        )
 
     def _serve_cached(
         self, parsed: ParsedRequest, cached: bytes, reservation: Any, ctx: Ctx
@@ -668,13 +725,16 @@ class Gateway:
         reservation: Any,
         cache_key: str | None,
         ctx: Ctx,
+        opening: asyncio.Task[Stream] | None = None,
     ) -> Response:
-        path = "/v1/chat/completions" if parsed.kind == "chat" else "/v1/completions"
-        # Always ask for usage: it is what the budget is settled with.
-        upstream_body = {**body, "stream_options": {"include_usage": True}}
-        stream = await self.upstream.open_stream(
-            path, upstream_body, parsed.model, ctx.stats, self.forward_headers(ctx)
-        )
+        if opening is None:
+            stream = await self._open_stream(parsed, body, ctx)
+        else:
+            try:
+                stream = await opening
+            except asyncio.CancelledError:
+                _abandon_stream(opening)  # this request was cancelled: the opening goes too
+                raise
         # The relay assembles the answer for the cache, and for the log when prompts are logged.
         assemble = cache_key is not None or self.config.server.log_prompts
         relay = StreamRelay(parsed.kind, parsed.include_usage, keep_for_cache=assemble)
@@ -896,6 +956,22 @@ class RelayResponse(StreamingResponse):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
             if self.on_close is not None:
                 self.on_close()
+
+
+def _abandon_stream(opening: asyncio.Task[Stream]) -> None:
+    """Cancel a provider stream being opened; close it if it opened anyway.
+
+    The opening's own cleanup (on cancellation) closes the connection, releases the concurrency
+    slot and leaves the circuit breaker untouched; a stream that finished opening first is closed.
+    """
+
+    def close(task: asyncio.Task[Stream]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return  # nothing opened (retrieving the exception keeps asyncio quiet)
+        task.result().close()
+
+    opening.cancel()
+    opening.add_done_callback(close)
 
 
 async def iter_list(items: list[bytes]) -> AsyncIterator[bytes]:

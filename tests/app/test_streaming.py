@@ -11,7 +11,7 @@ import orjson
 from starlette.requests import ClientDisconnect
 
 from app.streaming import StreamRelay, replay
-from tests.app.gateway_harness import SIM_HEADERS, auth, make_config, running
+from tests.app.gateway_harness import SIM_HEADERS, auth, client_keys_json, make_config, running
 
 
 def events(text: str) -> list[str]:
@@ -214,7 +214,6 @@ async def test_client_leaving_before_first_chunk_releases_the_upstream_stream(si
                 await asyncio.wait_for(app(scope, receive, send), timeout=5)
             sent = False
         assert RelayResponse.on_close is None  # set per instance only
-        print("SEM", gw.gateway.upstream._semaphores)
         # With a cap of 1, a leaked slot would make this wait forever.
         response = await asyncio.wait_for(stream_chat(gw), timeout=5)
         await gw.gateway.flush()
@@ -288,3 +287,113 @@ async def test_client_leaving_mid_stream_stops_the_relay_at_once(simulator):
         usage = (await gw.client.get("/v1/usage", headers=auth())).json()["usage"]
     assert response.status_code == 200
     assert usage["reserved_usd"] == 0 and usage["requests"] == 2
+
+
+def _upstream_idle(gateway, model="gpt-4o-mini-2024-07-18", cap=64) -> bool:
+    upstream = gateway.upstream
+    slot_free = upstream._semaphores[model]._value == cap
+    gauge = gateway.metrics.child(gateway.metrics.upstream_in_flight, model)
+    return slot_free and gauge._value.get() == 0
+
+
+async def test_stream_opens_upstream_while_the_limiter_decides(simulator, redis_url):
+    """A non-cacheable stream of a key seen with room to spare: the provider stream is opened
+    concurrently with the admission (one Redis round trip), and the answer is the same."""
+    async with running(make_config(simulator.url, redis_url)) as gw:
+        gateway = gw.gateway
+        assert not gateway._likely_admitted("alice", 100, 0.0)  # nothing seen: wait for verdict
+        first = await stream_chat(gw, max_tokens=10)
+        assert gateway._likely_admitted("alice", 100, 0.0)
+        opened = []
+        original = gateway._open_stream
+
+        async def spy(parsed, body, ctx):
+            opened.append(ctx.admitted)  # False: opened before the verdict came back
+            return await original(parsed, body, ctx)
+
+        gateway._open_stream = spy
+        second = await stream_chat(gw, max_tokens=10)
+        cached = await stream_chat(gw, max_tokens=10, temperature=0)  # cacheable: never early
+        await gateway.flush()
+        usage = (await gw.client.get("/v1/usage", headers=auth())).json()["usage"]
+    assert opened == [False, True]
+    assert first.status_code == second.status_code == 200
+    assert events(second.text)[-1] == "[DONE]"
+    assert [c["choices"][0]["delta"].get("content") for c in chunks(second.text)] == [
+        c["choices"][0]["delta"].get("content") for c in chunks(first.text)
+    ]
+    assert cached.status_code == 200
+    assert usage["reserved_usd"] == 0 and usage["requests"] == 3
+
+
+async def test_refused_admission_cancels_the_early_stream_and_frees_everything(
+    simulator, redis_url
+):
+    """This process' view of the key is stale (another replica used up its minute): the stream
+    is opened early, the limiter refuses, the client gets the 429 at once and never a byte of
+    the stream, and the provider call is cancelled, its connection and slot released."""
+    keys = client_keys_json(alice={"rpm": 2})
+    async with running(make_config(simulator.url, redis_url), {"LIFTOFF_CLIENT_KEYS": keys}) as gw:
+        gateway = gw.gateway
+        for _ in range(2):
+            assert (await stream_chat(gw, max_tokens=5)).status_code == 200
+        gateway._limits_seen["alice"] = (0.0, {}, None)  # stale: "plenty left"
+        opened = []
+        original = gateway._open_stream
+
+        async def spy(parsed, body, ctx):
+            opened.append(True)
+            return await original(parsed, body, ctx)
+
+        gateway._open_stream = spy
+        slow = {"x-simulator-ttft-ms": "2000"}
+        started = asyncio.get_running_loop().time()
+        refused = await stream_chat(gw, headers=slow, max_tokens=5)
+        took = asyncio.get_running_loop().time() - started
+        for _ in range(100):
+            if _upstream_idle(gateway):
+                break
+            await asyncio.sleep(0.01)
+        idle = _upstream_idle(gateway)
+        await gateway.flush()
+        usage = (await gw.client.get("/v1/usage", headers=auth())).json()["usage"]
+        # The refusal is now known here: the next request waits for the verdict.
+        assert not gateway._likely_admitted("alice", 10, 0.0)
+    assert opened == [True]
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert took < 1.0  # not held until the provider's first token
+    assert idle
+    assert usage["reserved_usd"] == 0 and usage["requests"] == 2
+
+
+async def test_early_stream_failing_releases_the_reservation(simulator, redis_url):
+    config = make_config(simulator.url, redis_url, upstream={"retry": {"max_attempts": 1}})
+    async with running(config) as gw:
+        gateway = gw.gateway
+        assert (await stream_chat(gw, max_tokens=5)).status_code == 200
+        failed = await stream_chat(gw, headers={"x-simulator-fault": "503"}, max_tokens=5)
+        await gateway.flush()
+        usage = (await gw.client.get("/v1/usage", headers=auth())).json()["usage"]
+        idle = _upstream_idle(gateway)
+    assert failed.status_code == 502
+    assert usage["reserved_usd"] == 0
+    assert idle
+
+
+def test_likely_admitted_needs_room_on_every_limit_and_budget():
+    from app.gateway import Gateway
+    from app.limits import KeyPolicy
+
+    gateway = Gateway(make_config(None), env={})
+    gateway.policies = {"k": KeyPolicy("k", 60, 1000, 1.0)}
+    assert not gateway._likely_admitted("k", 10, 0.01)  # nothing seen yet
+    now = __import__("time").monotonic()
+    roomy = {"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6s"}
+    gateway._limits_seen["k"] = (now, roomy, 0.5)
+    assert gateway._likely_admitted("k", 10, 0.01)
+    assert not gateway._likely_admitted("k", 500, 0.01)  # 900 tokens left: not twice 500
+    assert not gateway._likely_admitted("k", 10, 0.3)  # $0.5 left: not twice the worst case
+    gateway._limits_seen["k"] = (now, {**roomy, "x-ratelimit-reset-requests": "59.5s"}, None)
+    assert not gateway._likely_admitted("k", 10, 0.01)  # no request left
