@@ -142,7 +142,10 @@ def http_json(url: str, headers: dict[str, str] | None = None, body: Any = None)
         return json.loads(response.read() or b"null")
 
 
-def wait_ready(child: Child, url: str, headers: dict[str, str] | None = None, timeout: float = 30):
+def wait_ready(
+    child: Child, url: str, headers: dict[str, str] | None = None, timeout: float = 30
+) -> Any:
+    """The JSON answer of `url` once `child` serves it; RuntimeError with its log if never."""
     deadline = time.monotonic() + timeout
     while True:
         if child.process.poll() is not None:
