@@ -757,10 +757,12 @@ class Gateway:
             outcome = "complete"
             first = True
             try:
-                async for event in stream.events():
-                    out = relay.process(event)
-                    if out is None:
+                async for batch in stream.batches():
+                    # What arrived together leaves together: one write for the whole batch.
+                    outs = [out for event in batch if (out := relay.process(event)) is not None]
+                    if not outs:
                         continue
+                    out = outs[0] if len(outs) == 1 else b"".join(outs)
                     if first:
                         first = False
                         gateway.metrics.child(gateway.metrics.ttft, parsed.model).observe(

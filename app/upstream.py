@@ -196,28 +196,41 @@ class Stream:
     _release: Callable[[], None]
     _closed: bool = field(default=False)
 
-    async def events(self) -> AsyncIterator[bytes]:
-        """Raw SSE events (``data: ...`` without the blank-line separator), as they arrive.
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        """Raw SSE events (``data: ...`` without the blank-line separator) as they arrive, in
+        batches: each holds every complete event already received, so the relay sends them to
+        the client in one write rather than one per event. Nothing ever waits for more data
+        than has arrived, so this is no buffering: a lone event goes out alone, at once.
 
-        Raises StreamInterrupted when the connection breaks or ends before ``data: [DONE]``.
+        Raises StreamInterrupted when the connection breaks or ends before ``data: [DONE]``,
+        or an event grows beyond MAX_SSE_EVENT_BYTES.
         """
-        yield self.first_event
+        yield [self.first_event]
         if self.first_event == b"data: [DONE]":
             return
         content = self._response.content
+        partial = b""
         while True:
             try:
-                raw = await content.readuntil(b"\n\n", max_size=MAX_SSE_EVENT_BYTES)
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                data = await content.readany()
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise StreamInterrupted(type(exc).__name__) from None
-            if not raw.endswith(b"\n\n"):
+            if not data:
                 raise StreamInterrupted("connection closed before [DONE]")
-            event = raw.strip()
-            if not event or event.startswith(b":"):
-                continue  # keep-alive comment
-            yield event
-            if event == b"data: [DONE]":
-                return
+            *complete, partial = (partial + data).split(b"\n\n")
+            if len(partial) > MAX_SSE_EVENT_BYTES:
+                raise StreamInterrupted("event over the size limit")
+            batch: list[bytes] = []
+            for raw in complete:
+                event = raw.strip()
+                if not event or event.startswith(b":"):
+                    continue  # keep-alive comment
+                batch.append(event)
+                if event == b"data: [DONE]":
+                    yield batch
+                    return
+            if batch:
+                yield batch
 
     def close(self) -> None:
         if not self._closed:

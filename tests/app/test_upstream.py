@@ -218,3 +218,65 @@ async def test_unreachable_provider(simulator):
         response = await gw.chat()
     assert response.status_code == 502
     assert "127.0.0.1" not in response.text
+
+
+def _stream_over(chunks: list[bytes], end: bool = True):
+    """A Stream reading `chunks` as the network would deliver them (one read each)."""
+    from unittest import mock
+
+    from aiohttp.streams import StreamReader
+
+    from app.upstream import Stream
+
+    protocol = mock.Mock(_reading_paused=False)
+    reader = StreamReader(protocol, 1 << 16, loop=asyncio.get_running_loop())
+    response = mock.Mock(content=reader)
+
+    async def feed():
+        for chunk in chunks:
+            await asyncio.sleep(0)
+            reader.feed_data(chunk)
+            await asyncio.sleep(0.01)  # let the reader take this chunk alone
+        if end:
+            reader.feed_eof()
+
+    feeding = asyncio.ensure_future(feed())
+    return Stream("m", b"data: first", response, lambda: None), feeding
+
+
+async def _collect(stream):
+    out = []
+    async for batch in stream.batches():
+        out.append(batch)
+    return out
+
+
+async def test_stream_batches_hold_what_arrived_together_and_never_wait_for_more():
+    stream, feeding = _stream_over(
+        [b"data: a\n\ndata: b\n\n: keep-alive\n\ndata: c", b"\n\ndata: [DONE]\n\n"]
+    )
+    batches = await _collect(stream)
+    await feeding
+    assert batches == [
+        [b"data: first"],
+        [b"data: a", b"data: b"],  # sent together, without waiting for "c" to complete
+        [b"data: c", b"data: [DONE]"],
+    ]
+
+
+async def test_stream_batches_interrupted_by_eof_or_an_oversized_event():
+    from app.errors import StreamInterrupted
+    from app.upstream import MAX_SSE_EVENT_BYTES
+
+    cut, feeding = _stream_over([b"data: a\n\ndata: partial"])
+    got = []
+    with pytest.raises(StreamInterrupted):
+        async for batch in cut.batches():
+            got.append(batch)
+    await feeding
+    assert got == [[b"data: first"], [b"data: a"]]  # what arrived went out before the error
+
+    huge, feeding = _stream_over([b"data: " + b"x" * (MAX_SSE_EVENT_BYTES + 1)], end=False)
+    with pytest.raises(StreamInterrupted):
+        await _collect(huge)
+    await feeding
