@@ -163,11 +163,15 @@ class PipelinedRedis(aioredis.Redis):
             _NEVER_DECODE in options and self.get_encoder().decode_responses
         ):
             return await super().execute_command(*args, **options)
-        if isinstance(name, str) and " " in name:
-            # redis-py spells some commands "SCRIPT FLUSH": Redis wants two words.
-            packed = hiredis.pack_command((*name.split(), *args[1:]))
-        else:
-            packed = hiredis.pack_command(args)
+        # redis-py spells some commands "SCRIPT FLUSH": Redis wants two words.
+        command = (*name.split(), *args[1:]) if isinstance(name, str) and " " in name else args
+        try:
+            packed = hiredis.pack_command(command)
+        except TypeError:
+            # hiredis packs only str, int, float and bytes; redis-py's rules for the rest
+            # (memoryview accepted, DataError naming any other type).
+            encode = self.get_encoder().encode
+            packed = hiredis.pack_command(tuple(bytes(encode(arg)) for arg in command))
         try:
             response = await self._send(packed)
         except ResponseError:

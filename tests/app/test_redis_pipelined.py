@@ -294,3 +294,15 @@ async def test_replies_are_decoded_when_the_client_asks_for_it(redis_url: str) -
     finally:
         await client.aclose()
         undecoded.close()
+
+
+async def test_arguments_are_encoded_by_redis_py_rules(client: PipelinedRedis) -> None:
+    from redis.exceptions import DataError
+
+    await client.set("view", memoryview(b"bytes of a view"))
+    assert await client.get("view") == b"bytes of a view"
+    with pytest.raises(DataError, match="'bool'"):
+        await client.set("flag", True)
+    with pytest.raises(DataError, match="'NoneType'"):
+        await client.set("nothing", None)
+    assert await client.echo("still in step") == b"still in step"
