@@ -3,7 +3,8 @@
 Per generation request, in order:
   auth (hash lookup) -> body size/type -> JSON -> validation -> token count (off the loop when
   large) -> max_tokens default/clamp/context check -> [limits+budget admit  ||  cache lookup]
-  (issued together: one Redis write, one round trip) -> moderation (optional) ->
+  (issued together: one Redis write, one round trip; a non-cacheable stream of a key with room
+  to spare is opened at the provider meanwhile) -> moderation (optional) ->
   upstream (single flight for cacheable requests, batching for single-prompt completions) ->
   response; settle, cache write (together: one Redis write), usage and metrics run after the
   response, off its path.
