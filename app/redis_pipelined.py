@@ -12,8 +12,8 @@ the pipelined connection, parsed by redis-py's own response callbacks; blocking 
 that change a connection's state (SELECT, MULTI, SUBSCRIBE, ...), `pipeline()` and anything else
 that checks a connection out of the pool still use the pool. A connection failure fails
 the commands in flight (each is retried once on a fresh connection, as redis-py's one-retry policy
-does); a reply later than the socket timeout fails every command in flight and drops the
-connection, so a hung Redis costs at most that timeout.
+does; `aclose()` fails them without a retry); a reply later than the socket timeout fails every
+command in flight and drops the connection, so a hung Redis costs at most that timeout.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ _POOL_COMMANDS = frozenset(
         *("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"),
     }
 )
+
+
+class _ClientClosed(RedisConnectionError):
+    """The client was closed: commands in flight fail rather than reconnect behind the close."""
 
 
 class _Link(asyncio.Protocol):
@@ -195,8 +199,8 @@ class PipelinedRedis(aioredis.Redis):
         try:
             return await link.send(packed)
         except RedisConnectionError:
-            if link.failed is None:
-                raise  # an error reply (e.g. NOAUTH), not a broken connection
+            if link.failed is None or isinstance(link.failed, _ClientClosed):
+                raise  # an error reply (e.g. NOAUTH) or aclose(), not a broken connection
         # The connection broke (e.g. Redis restarted): one retry on a fresh one.
         return await (await self._connect()).send(packed)
 
@@ -260,11 +264,12 @@ class PipelinedRedis(aioredis.Redis):
         return link
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        link, self._link = self._link, None
-        if link is not None:
-            link.fail(RedisConnectionError("Client closed."))
         if self._connecting is not None:
             self._connecting.cancel()
             with contextlib.suppress(BaseException):
-                await self._connecting
+                # Opened before the cancel took effect: close it too.
+                (await self._connecting).fail(_ClientClosed("Client closed."))
+        link, self._link = self._link, None
+        if link is not None:
+            link.fail(_ClientClosed("Client closed."))
         await super().aclose(close_connection_pool)

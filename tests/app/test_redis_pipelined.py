@@ -306,3 +306,17 @@ async def test_arguments_are_encoded_by_redis_py_rules(client: PipelinedRedis) -
     with pytest.raises(DataError, match="'NoneType'"):
         await client.set("nothing", None)
     assert await client.echo("still in step") == b"still in step"
+
+
+async def test_closing_fails_commands_in_flight_instead_of_reconnecting(redis_url: str) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    client = create_redis(redis_url)
+    await client.ping()
+    in_flight = asyncio.ensure_future(client.incr("counted once"))
+    await asyncio.sleep(0)  # written to the connection, not answered yet
+    await client.aclose()
+    with pytest.raises(RedisConnectionError):
+        await in_flight
+    assert client._link is None  # no connection opened again behind the close
+    await client.aclose()
