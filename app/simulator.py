@@ -43,6 +43,7 @@ import orjson
 import uvicorn
 
 from app import simulator_text as text
+from app.limits import format_duration
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -919,16 +920,6 @@ async def _send_fault(send: Send, fault: str, retry_after_s: float) -> None:
         return
     status = int(fault)
     await _send_error(send, status, _SERVER_ERRORS[status], error_type="server_error")
-
-
-def format_duration(seconds: float) -> str:
-    """OpenAI's reset style: "20ms", "1s", "1.5s", "6m0s"."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    if seconds < 60:
-        return f"{round(seconds, 3):g}s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{round(rest, 3):g}s"
 
 
 class _StatusRecorder:
