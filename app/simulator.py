@@ -128,9 +128,11 @@ class SimulatorOptions:
 
 
 class BadRequest(Exception):
+    """A request the provider refuses; answered as an OpenAI error body naming `param`."""
+
     def __init__(
         self, message: str, param: str | None = None, status: int = 400, code: str | None = None
-    ):
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -983,7 +985,7 @@ class SimulatorServer:
 
     def __init__(
         self, options: SimulatorOptions | None = None, host: str = "127.0.0.1", port: int = 0
-    ):
+    ) -> None:
         self.app = create_app(options)
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
