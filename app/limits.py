@@ -550,15 +550,8 @@ class RedisLimitStore:
         ]
         with unavailable_on_error("admit"):
             result = await self._admit(keys=keys, args=args)
-        code, now, req_tat, tok_tat, key_committed, global_committed = result
-        raw = RawDecision(
-            int(code),
-            float(now),
-            float(req_tat),
-            float(tok_tat),
-            float(key_committed),
-            float(global_committed),
-        )
+        code, *figures = result  # numbers as strings (see admit.lua)
+        raw = RawDecision(int(code), *map(float, figures))
         return build_admission(
             raw,
             policy,
