@@ -166,6 +166,15 @@ class _Retry(Exception):
         self.hint = hint
 
 
+def _transport_retry(exc: BaseException) -> _Retry:
+    """The retryable error for a transport failure: timeout, refused connect, broken connection."""
+    if isinstance(exc, TimeoutError):
+        return _Retry(UpstreamTimeout(), "timeout")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _Retry(UpstreamUnreachable(), "connect")
+    return _Retry(UpstreamUnreachable(type(exc).__name__), "connection")
+
+
 @dataclass(slots=True)
 class CallStats:
     """Time spent waiting on the provider for one client request (for x-liftoff-overhead-ms)."""
@@ -427,6 +436,16 @@ class UpstreamClient:
                 stats.upstream_s += delay
                 await asyncio.sleep(delay)
 
+    def _refusal(
+        self, breaker: CircuitBreaker, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> _Retry | UpstreamError:
+        """A non-200 answer: a 5xx counts against the breaker; a 4xx says nothing of health."""
+        if status >= 500:
+            breaker.failure()
+        else:
+            breaker.abandon()
+        return self._classify(status, body, headers)
+
     def _classify(
         self, status: int, body: bytes, headers: Mapping[str, str]
     ) -> _Retry | UpstreamError:
@@ -469,15 +488,9 @@ class UpstreamClient:
                     data = await response.read()
                     status = response.status
                     headers = response.headers
-            except TimeoutError:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 healthy = False
-                raise _Retry(UpstreamTimeout(), "timeout") from None
-            except aiohttp.ClientConnectorError:
-                healthy = False
-                raise _Retry(UpstreamUnreachable(), "connect") from None
-            except aiohttp.ClientError as exc:
-                healthy = False
-                raise _Retry(UpstreamUnreachable(type(exc).__name__), "connection") from None
+                raise _transport_retry(exc) from None
             except asyncio.CancelledError:
                 breaker.abandon()
                 raise
@@ -489,12 +502,7 @@ class UpstreamClient:
             if status == 200:
                 breaker.success()
                 return Reply(status, data, headers, model)
-            outcome = self._classify(status, data, headers)
-            if status >= 500:
-                breaker.failure()
-            else:
-                breaker.abandon()
-            raise outcome
+            raise self._refusal(breaker, status, data, headers)
 
     async def _attempt_stream(
         self,
@@ -526,30 +534,18 @@ class UpstreamClient:
             )
             if response.status != 200:
                 data = await response.read()
-                outcome = self._classify(response.status, data, response.headers)
-                if response.status >= 500:
-                    breaker.failure()
-                else:
-                    breaker.abandon()
-                raise outcome
+                raise self._refusal(breaker, response.status, data, response.headers)
             first = await response.content.readuntil(b"\n\n", max_size=MAX_SSE_EVENT_BYTES)
             while first.strip().startswith(b":"):
                 first = await response.content.readuntil(b"\n\n", max_size=MAX_SSE_EVENT_BYTES)
             if not first.endswith(b"\n\n"):
                 breaker.failure()
                 raise _Retry(UpstreamUnreachable("stream ended at once"), "stream_cut")
-        except TimeoutError:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            # ValueError: an SSE event longer than MAX_SSE_EVENT_BYTES.
             breaker.failure()
             self._drop(response, release)
-            raise _Retry(UpstreamTimeout(), "timeout") from None
-        except aiohttp.ClientConnectorError:
-            breaker.failure()
-            self._drop(response, release)
-            raise _Retry(UpstreamUnreachable(), "connect") from None
-        except (aiohttp.ClientError, ValueError) as exc:
-            breaker.failure()
-            self._drop(response, release)
-            raise _Retry(UpstreamUnreachable(type(exc).__name__), "connection") from None
+            raise _transport_retry(exc) from None
         except BaseException:
             breaker.abandon()
             self._drop(response, release)
