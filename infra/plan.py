@@ -211,6 +211,7 @@ def _context(run: ProgramRun, settings: StackSettings, stack: str) -> RuleContex
         region=settings.region,
         environment=settings.environment,
         default_tags=default_tags,
+        offline=True,
     )
 
 
@@ -327,7 +328,8 @@ def report_json(report: PlanReport) -> dict[str, Any]:
             {
                 "rule": v.rule.id,
                 "title": v.rule.title,
-                "severity": v.rule.severity,
+                "severity": v.rule.offline_severity or v.rule.severity,
+                "real_run_severity": v.rule.severity,
                 "status": _rule_status(v),
                 "checked": v.checked,
                 "also": list(v.rule.also),
@@ -463,7 +465,10 @@ def render(report: PlanReport, console: Console) -> None:
     for v in report.verdicts:
         status = _rule_status(v)
         rules.add_row(
-            v.rule.id, v.rule.severity, f"[{colours[status]}]{status}[/]", escape(v.rule.title)
+            v.rule.id,
+            v.rule.offline_severity or v.rule.severity,
+            f"[{colours[status]}]{status}[/]",
+            escape(v.rule.title),
         )
     console.print(rules)
     if report.findings:

@@ -92,6 +92,8 @@ class RuleContext:
     environment: str
     default_tags: Mapping[str, str] = field(default_factory=dict)
     required_tags: tuple[str, ...] = REQUIRED_TAGS
+    # True under the mock runtime (`make plan`): rules with an `offline_severity` use it there.
+    offline: bool = False
 
     @property
     def is_production(self) -> bool:
@@ -152,6 +154,14 @@ class Rule:
     check_stack: StackCheck | None = None
     production_only: bool = False
     also: tuple[str, ...] = ()  # other scanners' ids covering the same control
+    # Severity in an offline plan, for values only the user can supply (a certificate): a fresh
+    # clone plans clean while a real preview or up is blocked.
+    offline_severity: Severity | None = None
+
+    def severity_in(self, context: RuleContext) -> Severity:
+        if context.offline and self.offline_severity is not None:
+            return self.offline_severity
+        return self.severity
 
     def applies(self, context: RuleContext) -> bool:
         return context.is_production or not self.production_only
@@ -162,20 +172,23 @@ class Rule:
     def resource_findings(self, resource: ResourceRecord, context: RuleContext) -> list[Finding]:
         assert self.check_resource is not None
         return [
-            self._finding(resource, message) for message in self.check_resource(resource, context)
+            self._finding(resource, message, context)
+            for message in self.check_resource(resource, context)
         ]
 
     def stack_findings(self, view: StackView, context: RuleContext) -> list[Finding]:
         assert self.check_stack is not None
         return [
-            self._finding(resource, message)
+            self._finding(resource, message, context)
             for resource, message in self.check_stack(view, context)
         ]
 
-    def _finding(self, resource: ResourceRecord | None, message: str) -> Finding:
+    def _finding(
+        self, resource: ResourceRecord | None, message: str, context: RuleContext
+    ) -> Finding:
         return Finding(
             rule=self.id,
-            severity=self.severity,
+            severity=self.severity_in(context),
             resource=resource.name if resource else "stack",
             message=f"{message} Fix: {self.fix}",
             resource_type=resource.type if resource else "",
@@ -195,6 +208,7 @@ def resource_rule(
     *,
     production_only: bool = False,
     also: Sequence[str] = (),
+    offline_severity: Severity | None = None,
 ) -> Callable[[ResourceCheck], ResourceCheck]:
     def register(check: ResourceCheck) -> ResourceCheck:
         RULES.append(
@@ -207,6 +221,7 @@ def resource_rule(
                 check_resource=check,
                 production_only=production_only,
                 also=tuple(also),
+                offline_severity=offline_severity,
             )
         )
         return check
@@ -222,6 +237,7 @@ def stack_rule(
     *,
     production_only: bool = False,
     also: Sequence[str] = (),
+    offline_severity: Severity | None = None,
 ) -> Callable[[StackCheck], StackCheck]:
     def register(check: StackCheck) -> StackCheck:
         RULES.append(
@@ -233,6 +249,7 @@ def stack_rule(
                 check_stack=check,
                 production_only=production_only,
                 also=tuple(also),
+                offline_severity=offline_severity,
             )
         )
         return check
@@ -618,9 +635,10 @@ def _is_https_with_certificate(listener: ResourceRecord) -> bool:
 @stack_rule(
     "LIFTOFF_PROD_HTTPS",
     "In prod the load balancer serves HTTPS",
-    "warning",
+    "error",
     "request an ACM certificate and set liftoff:certificateArn; HTTP then redirects to HTTPS.",
     production_only=True,
+    offline_severity="warning",
 )
 def prod_serves_https(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     listeners = view.of_type(*LISTENERS)

@@ -54,10 +54,12 @@ CLUSTER_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "sche
 class SettingsError(ValueError):
     """Invalid stack config; `problems` holds one `key = value: allowed` line per failure."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], header: str | None = None) -> None:
         self.problems = problems
         count = len(problems)
-        header = f"invalid Liftoff stack config ({count} problem{'s' if count != 1 else ''}):"
+        header = (
+            header or f"invalid Liftoff stack config ({count} problem{'s' if count != 1 else ''}):"
+        )
         super().__init__("\n".join([header, *(f"  {p}" for p in problems)]))
 
 

@@ -6,13 +6,14 @@ import os
 
 import pulumi
 
+from infra import readiness
 from infra.cache import CACHE_PORT, Cache, CacheArgs
 from infra.cluster import Cluster, ClusterArgs
 from infra.loadbalancer import LoadBalancer, LoadBalancerArgs
 from infra.network import Network, NetworkArgs
 from infra.observability import Observability, ObservabilityArgs
 from infra.secrets import Secrets, SecretsArgs
-from infra.settings import REPO_ROOT, StackSettings, is_arm, settings_from_pulumi
+from infra.settings import REPO_ROOT, SettingsError, StackSettings, is_arm, settings_from_pulumi
 from infra.tags import base_tags
 from infra.timings import ShutdownTimings
 from infra.workload import Workload, WorkloadArgs, WorkloadRefs, split_image_ref
@@ -141,7 +142,25 @@ def build(settings: StackSettings) -> dict[str, object]:
     }
 
 
+def is_mocked() -> bool:
+    """True under Pulumi's mock runtime (`make plan`, tests), False in a real preview or up."""
+    from pulumi.runtime.mocks import MockMonitor
+    from pulumi.runtime.settings import get_monitor
+
+    return isinstance(get_monitor(), MockMonitor)
+
+
 def define_stack() -> None:
-    """The program: settings from config (validated before any resource), build, export."""
-    for name, value in build(settings_from_pulumi()).items():
+    """The program: settings from config (validated before any resource), the values only the
+    user can supply (warnings offline, refused for real), build, export."""
+    settings = settings_from_pulumi()
+    found = readiness.blockers(settings, pulumi.get_stack())
+    if found and not is_mocked():
+        raise SettingsError(
+            [b.message for b in found],
+            header="this stack cannot deploy to a real account until these values are set:",
+        )
+    for blocker in found:
+        pulumi.log.warn(f"before a real deployment: {blocker.message}")
+    for name, value in build(settings).items():
         pulumi.export(name, value)

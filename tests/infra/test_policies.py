@@ -912,8 +912,15 @@ def test_served_pack_passes_the_real_prod_stack_and_catches_a_broken_override(an
     ]
 
 
+PROD_CERTIFICATE = {
+    "liftoff:certificateArn": (
+        "arn:aws:acm:us-west-2:123456789012:certificate/0e3f2a4b-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+    )
+}
+
+
 def test_served_pack_stack_policies_over_the_real_program(analyzer) -> None:
-    run = run_program("prod")
+    run = run_program("prod", PROD_CERTIFICATE)
     assert run.settings is not None
     ids = mock_resource_ids(run)
     provider = _aws_provider("prod", run.settings.region)
@@ -942,5 +949,8 @@ def test_served_pack_stack_policies_over_the_real_program(analyzer) -> None:
         ]
 
     assert analyze_stack(run.resources) == []
+    # For a real preview plain HTTP in prod is an error (offline, in `make plan`, a warning).
+    http_only = run_program("prod")
+    assert [d.policyName for d in analyze_stack(http_only.resources)] == ["LIFTOFF_PROD_HTTPS"]
     without_budget = [r for r in run.resources if r.type != "aws:budgets/budget:Budget"]
     assert [d.policyName for d in analyze_stack(without_budget)] == ["LIFTOFF_BUDGET"]
