@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: plan serve simulator test test-infra test-app test-charts bench lint format image helm lock clean
+.PHONY: plan preflight serve simulator test test-infra test-app test-charts bench lint format image helm lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 plan: $(STAMP)  ## offline plan of a stack under Pulumi's mock runtime: make plan STACK=prod
 	$(PY) -m infra.plan --stack $(STACK) $(ARGS)
+
+preflight: $(STAMP)  ## what a real pulumi up needs on this machine and account, creating nothing: make preflight STACK=prod
+	$(PY) -m infra.preflight --stack $(STACK) $(ARGS)
 
 serve: $(STAMP)  ## the gateway on 127.0.0.1:8080 with embedded defaults
 	$(PY) -m app

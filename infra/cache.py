@@ -8,16 +8,13 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from infra.cache_engines import parameter_group_family
+from infra.names import cache_group_id
 from infra.primitives import tcp_rule
 from infra.settings import StackSettings
 from infra.tags import tags
 
 CACHE_PORT = 6379
-
-
-def parameter_group_family(engine: str, version: str) -> str:
-    major = version.split(".")[0]
-    return f"{engine}{major}" if engine == "valkey" or major != "7" else "redis7"
 
 
 def member_cluster_ids(replication_group_id: str, replicas: int) -> list[str]:
@@ -47,7 +44,7 @@ class Cache(pulumi.ComponentResource):
         super().__init__("liftoff:index:Cache", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
-        group_id = f"{s.prefix}-cache"
+        group_id = cache_group_id(s.prefix)
 
         sg = aws.ec2.SecurityGroup(
             f"{name}-cache-sg",

@@ -14,9 +14,11 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra import iam
+from infra import addons, iam
+from infra.access import ClusterAccess
+from infra.nodes import NodeGroups, NodeGroupsArgs
 from infra.primitives import kms_key, log_group
-from infra.settings import StackSettings, is_arm
+from infra.settings import StackSettings
 from infra.tags import tags
 
 
@@ -34,14 +36,6 @@ METRICS_SERVER_CHART = Chart(
     "metrics-server", "https://kubernetes-sigs.github.io/metrics-server/", "3.12.2"
 )
 VPA_CHART = Chart("vpa", "https://charts.fairwinds.com/stable", "4.7.2")
-MANAGED_ADDONS = ("vpc-cni", "kube-proxy", "coredns")
-# Managed policies the node role needs to join the cluster and pull images.
-NODE_POLICIES = (
-    "AmazonEKSWorkerNodePolicy",
-    "AmazonEKS_CNI_Policy",
-    "AmazonEC2ContainerRegistryReadOnly",
-    "AmazonSSMManagedInstanceCore",
-)
 
 
 def build_kubeconfig(
@@ -164,14 +158,20 @@ class Cluster(pulumi.ComponentResource):
             encryption_config={"provider": {"key_arn": secrets_key.arn}, "resources": ["secrets"]},
             enabled_cluster_log_types=list(s.cluster_log_types),
             kubernetes_network_config={"service_ipv4_cidr": s.service_cidr, "ip_family": "ipv4"},
+            # Access is only the entries in infra/access.py: no aws-auth ConfigMap, no
+            # one-time admin entry for whoever happened to create the cluster.
             access_config={
-                "authentication_mode": "API_AND_CONFIG_MAP",
-                "bootstrap_cluster_creator_admin_permissions": True,
+                "authentication_mode": "API",
+                "bootstrap_cluster_creator_admin_permissions": False,
             },
+            upgrade_policy={"support_type": s.eks_support_type},
             tags=tags(s, args.cluster_name),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[cluster_policy, control_plane_logs, *args.network_dependencies],
+                # Only read at creation, and a change replaces the cluster: clusters created
+                # with the bootstrap keep it (docs/upgrading.md).
+                ignore_changes=["accessConfig.bootstrapClusterCreatorAdminPermissions"],
             ),
         )
         self.name = cluster.name
@@ -187,41 +187,38 @@ class Cluster(pulumi.ComponentResource):
         )
         self.oidc_provider_arn = oidc.arn
 
-        if s.kubeconfig_role_arn:
-            # The role in the kubeconfig needs an access entry to be let in.
-            entry = aws.eks.AccessEntry(
-                f"{name}-kubeconfig-access",
-                cluster_name=cluster.name,
-                principal_arn=s.kubeconfig_role_arn,
-                type="STANDARD",
-                tags=tags(s, f"{s.prefix}-kubeconfig-access"),
-                opts=child,
-            )
-            aws.eks.AccessPolicyAssociation(
-                f"{name}-kubeconfig-admin",
-                cluster_name=cluster.name,
-                principal_arn=entry.principal_arn,
-                policy_arn="arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
-                access_scope={"type": "cluster"},
-                opts=child,
-            )
+        access = ClusterAccess(f"{name}-access", s, cluster, child)
 
-        node_group = self._node_group(name, args, cluster)
-
-        addons = [
-            aws.eks.Addon(
-                f"{name}-addon-{addon}",
-                cluster_name=cluster.name,
-                addon_name=addon,
-                resolve_conflicts_on_create="OVERWRITE",
-                resolve_conflicts_on_update="PRESERVE",
-                tags=tags(s, f"{s.prefix}-{addon}"),
-                # coredns needs nodes to become healthy.
-                opts=pulumi.ResourceOptions(
-                    parent=self, depends_on=[node_group] if addon == "coredns" else []
-                ),
-            )
-            for addon in MANAGED_ADDONS
+        node_addons = addons.addons_before_nodes(
+            name, s, cluster, oidc.arn, self.oidc_issuer_url, self
+        )
+        self.node_groups = NodeGroups(
+            name,
+            NodeGroupsArgs(
+                settings=s,
+                cluster=cluster,
+                cluster_name=args.cluster_name,
+                private_subnet_ids=args.private_subnet_ids,
+                # Nodes become Ready only once the VPC CNI (and its role) is in place.
+                depends_on=[*node_addons, *args.network_dependencies],
+            ),
+            child,
+        )
+        node_groups = self.node_groups.groups
+        cluster_addons = [
+            *node_addons,
+            *(
+                addons.managed_addon(
+                    name,
+                    s,
+                    cluster,
+                    addon,
+                    self,
+                    depends_on=node_groups,
+                    configuration_values=self.node_groups.addon_configuration(addon),
+                )
+                for addon in addons.AFTER_NODES
+            ),
         ]
 
         kubeconfig = pulumi.Output.all(
@@ -232,17 +229,20 @@ class Cluster(pulumi.ComponentResource):
             )
         )
         self.kubeconfig = pulumi.Output.secret(kubeconfig)
+        # The provider acts as the deployer (or liftoff:kubeconfigRoleArn): it is let in only
+        # once the access policies are associated, so everything using it waits for them.
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
             enable_server_side_apply=True,
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=access.associations),
         )
-        # Everything deployed into the cluster waits for nodes and add-ons, and is destroyed
-        # before them (and before the network they run in).
+        # Everything deployed into the cluster waits for access, nodes and add-ons, and is
+        # destroyed before them (and before the network they run in).
         self.workload_dependencies: list[pulumi.Resource] = [
-            node_group,
-            *addons,
+            *access.associations,
+            *node_groups,
+            *cluster_addons,
             *args.network_dependencies,
         ]
 
@@ -257,10 +257,14 @@ class Cluster(pulumi.ComponentResource):
                 f"{name}-vpa",
                 VPA_CHART,
                 {
-                    "recommender": {"enabled": True},
-                    "updater": {"enabled": s.vpa_mode in ("Recreate", "Auto")},
-                    "admissionController": {"enabled": True},
+                    "recommender": {"enabled": True, **self.node_groups.placement},
+                    "updater": {
+                        "enabled": s.vpa_mode in ("Recreate", "Auto"),
+                        **self.node_groups.placement,
+                    },
+                    "admissionController": {"enabled": True, **self.node_groups.placement},
                 },
+                pin=False,
             )
 
         self.register_outputs(
@@ -270,98 +274,6 @@ class Cluster(pulumi.ComponentResource):
                 "oidcProviderArn": oidc.arn,
                 "kubeconfig": self.kubeconfig,
             }
-        )
-
-    def _node_group(
-        self, name: str, args: ClusterArgs, cluster: aws.eks.Cluster
-    ) -> aws.eks.NodeGroup:
-        s = args.settings
-        child = pulumi.ResourceOptions(parent=self)
-        node_role = iam.role(
-            f"{name}-node-role",
-            s,
-            f"{s.prefix}-eks-nodes",
-            iam.assume_role_policy("ec2.amazonaws.com"),
-            child,
-        )
-        attachments = [
-            aws.iam.RolePolicyAttachment(
-                f"{name}-node-{policy}",
-                role=node_role.name,
-                policy_arn=f"arn:aws:iam::aws:policy/{policy}",
-                opts=child,
-            )
-            for policy in NODE_POLICIES
-        ]
-        node_tags = tags(s, f"{s.prefix}-node")
-        launch_template = aws.ec2.LaunchTemplate(
-            f"{name}-nodes-lt",
-            name_prefix=f"{s.prefix}-nodes-",
-            description="EKS managed nodes: IMDSv2 only, encrypted gp3 root volume",
-            metadata_options={
-                "http_endpoint": "enabled",
-                "http_tokens": "required",
-                "http_put_response_hop_limit": s.node_metadata_hop_limit,
-                "instance_metadata_tags": "disabled",
-            },
-            block_device_mappings=[
-                {
-                    "device_name": "/dev/xvda",
-                    "ebs": {
-                        "volume_size": s.node_disk_size_gb,
-                        "volume_type": "gp3",
-                        "encrypted": "true",
-                        "delete_on_termination": "true",
-                    },
-                }
-            ],
-            monitoring={"enabled": True},
-            tag_specifications=[
-                {"resource_type": "instance", "tags": node_tags},
-                {"resource_type": "volume", "tags": node_tags},
-            ],
-            update_default_version=True,
-            tags=tags(s, f"{s.prefix}-nodes-lt"),
-            opts=child,
-        )
-        arm = is_arm(s.node_instance_types[0])
-        return aws.eks.NodeGroup(
-            f"{name}-nodes",
-            cluster_name=cluster.name,
-            node_group_name=f"{s.prefix}-nodes",
-            # The cluster's output, not the setting: on an upgrade the nodes follow only once the
-            # control plane runs the new version (EKS refuses nodes newer than the control plane).
-            version=cluster.version,
-            node_role_arn=node_role.arn,
-            subnet_ids=list(args.private_subnet_ids),
-            instance_types=list(s.node_instance_types),
-            capacity_type=s.node_capacity_type,
-            ami_type="AL2023_ARM_64_STANDARD" if arm else "AL2023_x86_64_STANDARD",
-            scaling_config={
-                "min_size": s.node_min_size,
-                "desired_size": s.node_desired_size,
-                "max_size": s.node_max_size,
-            },
-            update_config={"max_unavailable_percentage": 33},
-            launch_template={
-                "id": launch_template.id,
-                "version": launch_template.latest_version.apply(str),
-            },
-            labels={"liftoff/pool": "default"},
-            tags=tags(
-                s,
-                f"{s.prefix}-nodes",
-                {
-                    "k8s.io/cluster-autoscaler/enabled": "true",
-                    f"k8s.io/cluster-autoscaler/{args.cluster_name}": "owned",
-                },
-            ),
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                # The cluster autoscaler owns the desired size after creation.
-                ignore_changes=["scalingConfig.desiredSize"],
-                depends_on=[*attachments, *args.network_dependencies],
-            ),
         )
 
     def service_account_role(
@@ -403,9 +315,12 @@ class Cluster(pulumi.ComponentResource):
         *,
         parent: pulumi.Resource | None = None,
         extra: Sequence[pulumi.Resource] = (),
+        pin: bool = True,
     ) -> k8s.helm.v3.Release:
         """A pinned add-on chart released under its own name in kube-system; atomic, so a failed
-        install or upgrade rolls back instead of half-applying."""
+        install or upgrade rolls back instead of half-applying. `pin` adds the top-level
+        nodeSelector/tolerations that keep its pods on the system node group (when there is one);
+        charts with per-component placement pass False and place each component themselves."""
         return k8s.helm.v3.Release(
             resource_name,
             name=chart.name,
@@ -413,7 +328,7 @@ class Cluster(pulumi.ComponentResource):
             version=chart.version,
             repository_opts={"repo": chart.repository},
             namespace="kube-system",
-            values=values,
+            values={**values, **self.node_groups.placement} if pin else values,
             atomic=True,
             cleanup_on_fail=True,
             opts=self.helm_options(parent or self, extra),

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from infra import eks_versions
 from infra.policies import (
     EKS_CLUSTER,
     EKS_NODE_GROUP,
@@ -119,6 +121,10 @@ def _map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
 def _list(value: Any) -> list[Any]:
     if value is None or isinstance(value, str | Mapping):
         return [] if value is None else [value]
@@ -128,10 +134,11 @@ def _list(value: Any) -> list[Any]:
 class _Pricer:
     """Prices one stack's resources in one region."""
 
-    def __init__(self, view: StackView, region: str, prices: PriceTable) -> None:
+    def __init__(self, view: StackView, region: str, prices: PriceTable, on: date) -> None:
         self.view = view
         self.region = region
         self.prices = prices
+        self.on = on  # the day whose EKS support status prices the control plane
         self.sheet: Mapping[str, Any] = prices.regions.get(region, {})
         self.hours = prices.hours_per_month
 
@@ -184,6 +191,14 @@ class _Pricer:
         return CostItem(resource.name, resource.type, description, self.monthly(float(hourly)))
 
     def eks_cluster(self, resource: ResourceRecord) -> Iterator[CostItem]:
+        version = str(resource.inputs.get("version") or "")
+        if eks_versions.in_extended_support(version, self.on):
+            yield self.hourly_item(
+                resource,
+                "eks_cluster_extended_hourly",
+                f"EKS control plane ({version} in extended support)",
+            )
+            return
         yield self.hourly_item(resource, "eks_cluster_hourly", "EKS control plane")
 
     def nat_gateway(self, resource: ResourceRecord) -> Iterator[CostItem]:
@@ -223,6 +238,22 @@ class _Pricer:
             resource.type,
             f"application load balancer + {lcus:g} LCU (nominal; more traffic costs more)",
             self.monthly(float(hourly) + float(lcu) * lcus),
+        )
+        # An internet-facing load balancer holds one public IPv4 address per subnet (AZ).
+        addresses = len(_list(resource.inputs.get("subnets"))) or len(
+            _list(resource.inputs.get("subnetMappings"))
+        )
+        if _truthy(resource.inputs.get("internal")) or not addresses:
+            return
+        ipv4 = self.sheet.get("public_ipv4_hourly")
+        if ipv4 is None:
+            yield self.no_price(resource, "public IPv4 address")
+            return
+        yield CostItem(
+            resource.name,
+            "aws:ec2/publicIpv4:Address",
+            f"{addresses} public IPv4 addresses of the load balancer (one per AZ)",
+            self.monthly(float(ipv4), addresses),
         )
 
     def web_acl(self, resource: ResourceRecord) -> Iterator[CostItem]:
@@ -266,6 +297,11 @@ class _Pricer:
         if referenced:
             return referenced[0]
         templates = self.view.of_type(LAUNCH_TEMPLATE)
+        # `launchTemplate` is {"id", "version"}: with several groups, match the template by id.
+        template_id = _map(group.inputs.get("launchTemplate")).get("id")
+        by_id = [t for t in templates if template_id and t.id == template_id]
+        if by_id:
+            return by_id[0]
         return templates[0] if len(templates) == 1 else None
 
     def node_group(self, resource: ResourceRecord) -> Iterator[CostItem]:
@@ -323,12 +359,16 @@ class _Pricer:
 
 
 def estimate(
-    resources: Sequence[ResourceRecord], region: str, prices: PriceTable | None = None
+    resources: Sequence[ResourceRecord],
+    region: str,
+    prices: PriceTable | None = None,
+    on: date | None = None,
 ) -> CostEstimate:
-    """Monthly on-demand estimate of `resources` in `region`."""
+    """Monthly on-demand estimate of `resources` in `region`, with the EKS control plane at the
+    rate of its version's support status on `on` (default today)."""
     table = prices or default_prices()
     notes: list[str] = []
     if region not in table.regions:
         notes.append(f"no price sheet for region {region}; known: {', '.join(table.regions)}")
-    items = tuple(_Pricer(StackView(resources), region, table).items())
+    items = tuple(_Pricer(StackView(resources), region, table, on or eks_versions.today()).items())
     return CostEstimate(region, items, table.source, table.as_of, table.excluded, tuple(notes))

@@ -63,10 +63,11 @@ def role(
     trust_policy: pulumi.Input[str],
     opts: pulumi.ResourceOptions,
 ) -> aws.iam.Role:
-    """A role named and tagged `role_name`, cut to the 64 characters IAM allows in a name."""
+    """A role named and tagged `role_name` (settings keep every role name within the 64
+    characters IAM allows: infra/names.py)."""
     return aws.iam.Role(
         resource_name,
-        name=role_name[:64],
+        name=role_name,
         assume_role_policy=trust_policy,
         tags=tags(settings, role_name),
         opts=opts,

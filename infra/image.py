@@ -1,9 +1,11 @@
 """Gateway image: an ECR repository owned by the stack, and app/ built and pushed to it.
 
 Used when `liftoff:image` is not set. The repository scans on push, refuses to overwrite a tag
-(IMMUTABLE), is encrypted at rest and expires old images. The tag is a hash of the build context,
-so an unchanged app/ is neither rebuilt nor re-pushed, and a changed one gets a tag that has never
-been pushed (which IMMUTABLE requires). Pods pull by digest (`image_ref` = repository@sha256:...).
+(IMMUTABLE), is encrypted at rest and expires old images. The tag is a hash of the build context
+plus the target platforms, so an unchanged app/ is neither rebuilt nor re-pushed, and a changed
+one, or the same one built for another architecture (x86 nodes moved to Graviton), gets a tag that
+has never been pushed (which IMMUTABLE requires). Pods pull by digest (`image_ref` =
+repository@sha256:...).
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ def context_tag(context_dir: str | Path) -> str:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return f"src-{digest.hexdigest()[:16]}"
+
+
+def image_tag(context_dir: str | Path, platforms: list[docker_build.Platform]) -> str:
+    """`src-<16 hex>-<arch>[-<arch>...]`, e.g. `src-0123456789abcdef-arm64`."""
+    if not platforms:
+        raise ValueError("GatewayImageArgs.platforms: at least one platform")
+    # linux/amd64 -> amd64, linux/arm/v7 -> armv7; another OS keeps its name (windowsamd64).
+    arches = sorted(
+        {docker_build.Platform(p).value.removeprefix("linux/").replace("/", "") for p in platforms}
+    )
+    return f"{context_tag(context_dir)}-{'-'.join(arches)}"
 
 
 def lifecycle_policy(keep_images: int, untagged_days: int) -> str:
@@ -107,7 +120,7 @@ class GatewayImage(pulumi.ComponentResource):
             )
         child = pulumi.ResourceOptions(parent=self)
         repository_name = args.repository_name or (name.removesuffix("-image") + "-gateway")
-        self.tag = context_tag(args.context_dir)
+        self.tag = image_tag(args.context_dir, args.platforms)
 
         encryption = (
             aws.ecr.RepositoryEncryptionConfigurationArgs(

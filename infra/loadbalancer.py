@@ -1,5 +1,6 @@
-"""LoadBalancer: an ALB owned by the stack, its target group, listeners, optional WAF, and the AWS
-Load Balancer Controller that registers the gateway's pods through a TargetGroupBinding."""
+"""LoadBalancer: an ALB owned by the stack, its target group, listeners, optional WAF
+(`infra.waf`), the certificate of `liftoff:domainName` (`infra.dns`), and the AWS Load Balancer
+Controller that registers the gateway's pods through a TargetGroupBinding."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import pulumi_kubernetes as k8s
 
 from infra import iam
 from infra.cluster import Chart, Cluster
+from infra.dns import DomainCertificate, DomainCertificateArgs
+from infra.names import alb_logs_bucket_prefix, alb_name, target_group_name
 from infra.primitives import tcp_rule
+from infra.quotas import alb_listener_ports
 from infra.settings import StackSettings
 from infra.tags import tags
 from infra.timings import ShutdownTimings
+from infra.waf import attach_web_acl
 
 APP_PORT = 8080
 HEALTH_CHECK_PATH = "/readyz"
@@ -32,11 +37,7 @@ ELB_LOG_ACCOUNTS = {
     "us-west-1": "027434742980",
     "us-west-2": "797873946194",
 }
-WAF_MANAGED_RULES = (
-    "AWSManagedRulesCommonRuleSet",
-    "AWSManagedRulesKnownBadInputsRuleSet",
-    "AWSManagedRulesAmazonIpReputationList",
-)
+ALB_IP_ADDRESS_TYPE = "ipv4"
 
 
 @dataclass
@@ -70,20 +71,7 @@ class LoadBalancer(pulumi.ComponentResource):
             tags=tags(s, f"{s.prefix}-alb"),
             opts=child,
         )
-        listener_ports = (80, 443) if s.certificate_arn else (80,)
-        for port in listener_ports:
-            for i, cidr in enumerate(s.alb_ingress_cidrs):
-                tcp_rule(
-                    name,
-                    s,
-                    f"alb-in-{port}-{i}",
-                    "ingress",
-                    security_group_id=sg.id,
-                    port=port,
-                    cidr_ipv4=cidr,
-                    description=f"clients on {port}",
-                    opts=child,
-                )
+        self._client_ingress(name, s, sg)
         tcp_rule(
             name,
             s,
@@ -116,7 +104,7 @@ class LoadBalancer(pulumi.ComponentResource):
 
         alb = aws.lb.LoadBalancer(
             f"{name}-alb",
-            name=f"{s.prefix}-alb"[:32],
+            name=alb_name(s.prefix),
             load_balancer_type="application",
             internal=False,
             security_groups=[sg.id],
@@ -124,6 +112,7 @@ class LoadBalancer(pulumi.ComponentResource):
             drop_invalid_header_fields=True,
             desync_mitigation_mode="defensive",
             enable_http2=True,
+            ip_address_type=ALB_IP_ADDRESS_TYPE,
             idle_timeout=t.alb_idle_timeout_s,
             enable_deletion_protection=s.alb_deletion_protection,
             access_logs=access_logs,
@@ -132,7 +121,7 @@ class LoadBalancer(pulumi.ComponentResource):
         )
         target_group = aws.lb.TargetGroup(
             f"{name}-tg",
-            name=f"{s.prefix}-gateway"[:32],
+            name=target_group_name(s.prefix),
             port=APP_PORT,
             protocol="HTTP",
             target_type="ip",
@@ -155,14 +144,20 @@ class LoadBalancer(pulumi.ComponentResource):
             opts=child,
         )
         forward = [{"type": "forward", "target_group_arn": target_group.arn}]
-        if s.certificate_arn:
+        domain = (
+            DomainCertificate(f"{name}-domain", DomainCertificateArgs(settings=s), opts=child)
+            if s.domain_name
+            else None
+        )
+        certificate_arn = domain.certificate_arn if domain else s.certificate_arn
+        if certificate_arn:
             aws.lb.Listener(
                 f"{name}-https",
                 load_balancer_arn=alb.arn,
                 port=443,
                 protocol="HTTPS",
                 ssl_policy=TLS_POLICY,
-                certificate_arn=s.certificate_arn,
+                certificate_arn=certificate_arn,
                 default_actions=forward,
                 tags=tags(s, f"{s.prefix}-https"),
                 opts=child,
@@ -185,12 +180,16 @@ class LoadBalancer(pulumi.ComponentResource):
             opts=child,
         )
         if s.waf_enabled:
-            self._waf(name, s, alb)
+            attach_web_acl(name, s, alb, child)
 
         self.controller = self._controller(name, s, args.cluster, args.vpc_id, target_group)
-        scheme = "https" if s.certificate_arn else "http"
         self.dns_name = alb.dns_name
-        self.url = alb.dns_name.apply(lambda dns: f"{scheme}://{dns}")
+        if domain:
+            domain.point_to(alb, ALB_IP_ADDRESS_TYPE)
+            self.url = pulumi.Output.from_input(domain.url)
+        else:
+            scheme = "https" if certificate_arn else "http"
+            self.url = alb.dns_name.apply(lambda dns: f"{scheme}://{dns}")
         self.target_group_arn = target_group.arn
         self.arn_suffix = alb.arn_suffix
         self.target_group_arn_suffix = target_group.arn_suffix
@@ -202,8 +201,9 @@ class LoadBalancer(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         bucket = aws.s3.Bucket(
             f"{name}-alb-logs",
-            bucket_prefix=f"{s.prefix}-alb-logs-",
-            force_destroy=not s.is_prod,
+            bucket_prefix=alb_logs_bucket_prefix(s.prefix),
+            # Deletion protection keeps the logs on destroy; without it destroy is one pass.
+            force_destroy=not s.alb_deletion_protection,
             tags=tags(s, f"{s.prefix}-alb-logs"),
             opts=child,
         )
@@ -274,39 +274,38 @@ class LoadBalancer(pulumi.ComponentResource):
         )
         return bucket, policy
 
-    def _waf(self, name: str, s: StackSettings, alb: aws.lb.LoadBalancer) -> None:
+    def _client_ingress(self, name: str, s: StackSettings, sg: aws.ec2.SecurityGroup) -> None:
+        """Each listener port open to `liftoff:albIngressCidrs`: one rule per port, to the CIDR or,
+        with several, to a prefix list holding them all (one place to edit; it counts as
+        `max_entries` rules, so its size is the CIDR count: `infra.quotas`)."""
         child = pulumi.ResourceOptions(parent=self)
-
-        def visibility(metric: str) -> dict:
-            return {
-                "cloudwatch_metrics_enabled": True,
-                "metric_name": metric,
-                "sampled_requests_enabled": True,
-            }
-
-        rules = [
-            {
-                "name": rule,
-                "priority": i,
-                "override_action": {"none": {}},
-                "statement": {"managed_rule_group_statement": {"name": rule, "vendor_name": "AWS"}},
-                "visibility_config": visibility(rule),
-            }
-            for i, rule in enumerate(WAF_MANAGED_RULES)
-        ]
-        acl = aws.wafv2.WebAcl(
-            f"{name}-waf",
-            name=f"{s.prefix}-alb",
-            scope="REGIONAL",
-            default_action={"allow": {}},
-            rules=rules,
-            visibility_config=visibility(f"{s.prefix}-alb"),
-            tags=tags(s, f"{s.prefix}-waf"),
-            opts=child,
-        )
-        aws.wafv2.WebAclAssociation(
-            f"{name}-waf-association", resource_arn=alb.arn, web_acl_arn=acl.arn, opts=child
-        )
+        cidrs = s.alb_ingress_cidrs
+        # Rule names of a single CIDR stay as they were before prefix lists.
+        source: dict[str, pulumi.Input[str]] = {"cidr_ipv4": cidrs[0]}
+        suffix = "0"
+        if len(cidrs) > 1:
+            clients = aws.ec2.ManagedPrefixList(
+                f"{name}-alb-clients",
+                name=f"{s.prefix}-alb-clients",
+                address_family="IPv4",
+                max_entries=len(cidrs),
+                entries=[{"cidr": cidr, "description": "load balancer clients"} for cidr in cidrs],
+                tags=tags(s, f"{s.prefix}-alb-clients"),
+                opts=child,
+            )
+            source, suffix = {"prefix_list_id": clients.id}, "clients"
+        for port in alb_listener_ports(s.model_dump()):
+            tcp_rule(
+                name,
+                s,
+                f"alb-in-{port}-{suffix}",
+                "ingress",
+                security_group_id=sg.id,
+                port=port,
+                description=f"clients on {port}",
+                opts=child,
+                **source,
+            )
 
     def _controller(
         self,

@@ -27,25 +27,34 @@ from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
 from infra.cache import member_cluster_ids
-from infra.settings import PROJECT, SECRET_KEYS, StackSettings, load_stack_file, read_stack_config
+from infra.settings import PROJECT, SECRET_KEYS, StackSettings, load_settings, read_stack_config
+from infra.zones import REGION_CODES
 
 ACCOUNT_ID = "123456789012"
+MOCK_CALLER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/liftoff-mock"
 # base64 of a PEM-shaped placeholder certificate
 MOCK_CA_DATA = (
     "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSU1PQ0sKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="
 )
+# Zone names map to IDs differently in every account: a shuffled mapping, with the IDs EKS
+# refuses (use1-az3, usw1-az2) among the first zones so that choosing by ID is exercised.
 AZ_IDS = {
-    "us-east-1": ["use1-az1", "use1-az2", "use1-az4", "use1-az5", "use1-az6"],
-    "us-east-2": ["use2-az1", "use2-az2", "use2-az3"],
-    "us-west-1": ["usw1-az1", "usw1-az3"],
-    "us-west-2": ["usw2-az1", "usw2-az2", "usw2-az3", "usw2-az4"],
+    "us-east-1": ["use1-az4", "use1-az3", "use1-az6", "use1-az1", "use1-az2", "use1-az5"],
+    "us-east-2": ["use2-az3", "use2-az1", "use2-az2"],
+    "us-west-1": ["usw1-az2", "usw1-az1", "usw1-az3"],
+    "us-west-2": ["usw2-az2", "usw2-az1", "usw2-az3", "usw2-az4"],
 }
-# The short region codes AWS puts in ElastiCache endpoints and AZ ids.
-REGION_CODES = {"us-east-1": "use1", "us-east-2": "use2", "us-west-1": "usw1", "us-west-2": "usw2"}
 AZ_NAMES = {
-    "us-east-1": ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1f"],
+    "us-east-1": [
+        "us-east-1a",
+        "us-east-1b",
+        "us-east-1c",
+        "us-east-1d",
+        "us-east-1e",
+        "us-east-1f",
+    ],
     "us-east-2": ["us-east-2a", "us-east-2b", "us-east-2c"],
-    "us-west-1": ["us-west-1a", "us-west-1c"],
+    "us-west-1": ["us-west-1a", "us-west-1b", "us-west-1c"],
     "us-west-2": ["us-west-2a", "us-west-2b", "us-west-2c", "us-west-2d"],
 }
 
@@ -90,16 +99,47 @@ class ProgramRun:
         raise LookupError(urn)
 
 
+def addon_build(addon: str, kubernetes_version: str) -> str:
+    """A newest EKS add-on build for a Kubernetes minor version, shaped as EKS publishes them:
+    kube-proxy tracks the Kubernetes version, coredns moves to 1.12 from 1.33, the VPC CNI and the
+    pod identity agent get newer builds for newer versions."""
+    minor = int(kubernetes_version.split(".")[1])
+    builds = {
+        "vpc-cni": f"v1.20.{max(minor - 30, 0)}-eksbuild.1",
+        "kube-proxy": f"v{kubernetes_version}.{max(minor - 28, 0)}-eksbuild.2",
+        "coredns": "v1.11.4-eksbuild.14" if minor < 33 else f"v1.12.{minor - 32}-eksbuild.1",
+        "eks-pod-identity-agent": f"v1.3.{max(minor - 28, 0)}-eksbuild.1",
+    }
+    if addon not in builds:
+        raise ValueError(f"no EKS add-on named {addon} (describe-addon-versions)")
+    return builds[addon]
+
+
 def _short_hash(*parts: str, length: int = 17) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length]
+
+
+def _uuid(h: str) -> str:
+    """A UUID-shaped id (ACM certificate ids) from a hex hash."""
+    return f"{h[:8]}-{h[8:12]}-4{h[12:15]}-8{h[15:17]}{h[:1]}-{_short_hash(h, 'u', length=12)}"
 
 
 class LiftoffMocks(pulumi.runtime.Mocks):
     """Realistic ids, ARNs, endpoints and computed outputs for every resource type Liftoff uses."""
 
-    def __init__(self, region: str, stack: str) -> None:
+    def __init__(
+        self,
+        region: str,
+        stack: str,
+        caller_arn: str = MOCK_CALLER_ARN,
+        role_paths: Mapping[str, str] | None = None,
+    ) -> None:
         self.region = region
         self.stack = stack
+        # Who runs `pulumi up` (getCallerIdentity) and the paths of the account's IAM roles
+        # (getRole; a role not listed has the default path "/").
+        self.caller_arn = caller_arn
+        self.role_paths = dict(role_paths or {})
 
     def _arn(self, service: str, resource: str, *, regional: bool = True) -> str:
         region = self.region if regional else ""
@@ -115,11 +155,34 @@ class LiftoffMocks(pulumi.runtime.Mocks):
                 "state": "available",
             }, []
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            # STS answers an assumed role as arn:aws:sts::<acct>:assumed-role/<role>/<session>
+            # (no role path) with the user id AROA...:<session>.
+            session = self.caller_arn.rsplit("/", 1)[-1]
+            assumed = ":assumed-role/" in self.caller_arn
             return {
-                "accountId": ACCOUNT_ID,
-                "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/liftoff-mock",
-                "userId": "AIDAMOCKUSER",
+                "accountId": self.caller_arn.split(":")[4],
+                "arn": self.caller_arn,
+                "userId": f"AROAMOCKROLE:{session}" if assumed else "AIDAMOCKUSER",
                 "id": ACCOUNT_ID,
+            }, []
+        if token == "aws:iam/getRole:getRole":
+            role_name = str(args.args["name"])
+            path = self.role_paths.get(role_name, "/")
+            return {
+                "arn": f"arn:aws:iam::{ACCOUNT_ID}:role{path}{role_name}",
+                "name": role_name,
+                "path": path,
+                "id": role_name,
+                "uniqueId": f"AROA{_short_hash(role_name).upper()}",
+            }, []
+        if token == "aws:eks/getAddonVersion:getAddonVersion":
+            addon, version = str(args.args["addonName"]), str(args.args["kubernetesVersion"])
+            return {
+                "addonName": addon,
+                "kubernetesVersion": version,
+                "mostRecent": bool(args.args.get("mostRecent")),
+                "version": addon_build(addon, version),
+                "id": addon,
             }, []
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
@@ -238,8 +301,14 @@ class LiftoffMocks(pulumi.runtime.Mocks):
                 },
             }
         elif typ == "aws:eks/nodeGroup:NodeGroup":
-            resource_id = f"{inputs.get('clusterName')}:{inputs.get('nodeGroupName', name)}"
+            # With a prefix the provider appends a 26-character unique suffix.
+            suffix = f"{int(h, 16):026d}"
+            group_name = (
+                inputs.get("nodeGroupName") or inputs.get("nodeGroupNamePrefix", "") + suffix
+            )
+            resource_id = f"{inputs.get('clusterName')}:{group_name}"
             outputs = {
+                "nodeGroupName": group_name,
                 "arn": self._arn("eks", f"nodegroup/{resource_id.replace(':', '/')}/{h[:8]}"),
                 "status": "ACTIVE",
                 "resources": [{"autoscalingGroups": [{"name": f"eks-{name}-{h[:8]}"}]}],
@@ -275,6 +344,34 @@ class LiftoffMocks(pulumi.runtime.Mocks):
                 "bucket": resource_id,
                 "bucketDomainName": f"{resource_id}.s3.amazonaws.com",
             }
+        elif typ == "aws:acm/certificate:Certificate":
+            resource_id = self._arn("acm", f"certificate/{_uuid(h)}")
+            domain = str(inputs.get("domainName", ""))
+            # What ACM answers for DNS validation: one CNAME per name on the certificate.
+            outputs = {
+                "arn": resource_id,
+                "status": "PENDING_VALIDATION",
+                "domainValidationOptions": [
+                    {
+                        "domainName": name_,
+                        "resourceRecordName": f"_{_short_hash(h, name_, length=32)}.{name_}.",
+                        "resourceRecordType": "CNAME",
+                        "resourceRecordValue": (
+                            f"_{_short_hash(h, name_, 'value', length=32)}.acm-validations.aws."
+                        ),
+                    }
+                    for name_ in [domain, *(inputs.get("subjectAlternativeNames") or [])]
+                ],
+            }
+        elif typ == "aws:acm/certificateValidation:CertificateValidation":
+            resource_id = str(inputs.get("certificateArn"))
+        elif typ == "aws:route53/record:Record":
+            record_name = str(inputs.get("name", "")).rstrip(".")
+            resource_id = f"{inputs.get('zoneId')}_{record_name}_{inputs.get('type')}"
+            outputs = {"fqdn": record_name}
+        elif typ == "aws:ec2/managedPrefixList:ManagedPrefixList":
+            resource_id = f"pl-{h}"
+            outputs = {"arn": self._arn("ec2", f"prefix-list/{resource_id}"), "version": 1}
         elif typ == "aws:wafv2/webAcl:WebAcl":
             resource_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}"
             outputs = {
@@ -426,9 +523,15 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     "depends_on": [u for u in all_deps if u not in implicit],
                     "dependencies": all_deps,
                     "protect": bool(request.protect),
+                    "retain_on_delete": bool(request.retainOnDelete),
+                    "deleted_with": request.deletedWith,
                     "delete_before_replace": bool(request.deleteBeforeReplace),
                     "provider": request.provider,
                     "additional_secret_outputs": list(request.additionalSecretOutputs),
+                    # Parents a resource was moved from (aliases): its old URNs still match.
+                    "alias_parents": [
+                        a.spec.parentUrn for a in request.aliases if a.HasField("spec")
+                    ],
                 },
                 id=response.id,
             )
@@ -486,12 +589,25 @@ def mocked_runtime(
         set_all_config({}, [])
 
 
-def run_program(stack: str, overrides: Mapping[str, str] | None = None) -> ProgramRun:
-    """Run the program for `stack` under mocks; SettingsError comes before any resource."""
-    settings = load_stack_file(stack, overrides)  # fails fast, before the runtime is touched
-    config = flat_config(stack, overrides)
+def run_program(
+    stack: str,
+    overrides: Mapping[str, str] | None = None,
+    *,
+    config_from: str | None = None,
+    caller_arn: str = MOCK_CALLER_ARN,
+    role_paths: Mapping[str, str] | None = None,
+) -> ProgramRun:
+    """Run the program for `stack` under mocks; SettingsError comes before any resource.
 
-    monitor = RecordingMonitor(LiftoffMocks(settings.region, stack))
+    `config_from` names the Pulumi.<stack>.yaml to read for a stack that has no file of its own
+    (default: `stack`); `caller_arn` is who runs it (getCallerIdentity) and `role_paths` the
+    paths of IAM roles by name (getRole)."""
+    source = config_from or stack
+    # Fails fast, before the runtime is touched.
+    settings = load_settings({**read_stack_config(source), **(overrides or {})}, stack)
+    config = flat_config(source, overrides)
+
+    monitor = RecordingMonitor(LiftoffMocks(settings.region, stack, caller_arn, role_paths))
     logger = logging.getLogger(f"liftoff.mock.{stack}")
     logger.propagate = False
     handler = _ListHandler()

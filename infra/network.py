@@ -10,8 +10,9 @@ import pulumi_aws as aws
 
 from infra import iam
 from infra.primitives import log_group, tcp_rule
-from infra.settings import StackSettings
+from infra.settings import SettingsError, StackSettings
 from infra.tags import tags
+from infra.zones import ZoneError, choose_zones
 
 # Interface endpoints keep image pulls, IRSA token exchange and secret reads off the NAT.
 INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "sts", "secretsmanager")
@@ -37,24 +38,32 @@ class Network(pulumi.ComponentResource):
     public_subnet_ids: list[pulumi.Output[str]]
     private_subnet_ids: list[pulumi.Output[str]]
     private_route_table_ids: list[pulumi.Output[str]]
-    az_names: list[pulumi.Output[str]]
+    az_names: list[str]
+    az_ids: list[str]
 
     def __init__(
         self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__("liftoff:index:Network", name, None, opts)
         s = args.settings
-        child = pulumi.ResourceOptions(parent=self)
         az_count = s.effective_az_count
-        if s.az_note:
-            pulumi.log.warn(s.az_note, self)
-
-        zones = aws.get_availability_zones_output(
+        # Looked up before the component registers: a zone the account lacks stops the
+        # program before any resource is declared.
+        zones = aws.get_availability_zones(
             state="available",
             filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
-            opts=pulumi.InvokeOutputOptions(parent=self),
         )
-        self.az_names = [zones.names[i] for i in range(az_count)]
+        try:
+            chosen = choose_zones(
+                s.region, zones.names, zones.zone_ids, az_count, s.availability_zone_ids
+            )
+        except ZoneError as exc:
+            raise SettingsError([str(exc)]) from None
+        super().__init__("liftoff:index:Network", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        if s.az_note:
+            pulumi.log.warn(s.az_note, self)
+        self.az_names = [zone_name for zone_name, _ in chosen]
+        self.az_ids = [zone_id for _, zone_id in chosen]
 
         vpc = aws.ec2.Vpc(
             f"{name}-vpc",
@@ -273,5 +282,6 @@ class Network(pulumi.ComponentResource):
                 "publicSubnetIds": self.public_subnet_ids,
                 "privateSubnetIds": self.private_subnet_ids,
                 "azNames": self.az_names,
+                "azIds": self.az_ids,
             }
         )

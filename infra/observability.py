@@ -8,6 +8,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import iam
+from infra.names import budget_name
 from infra.primitives import kms_key
 from infra.settings import StackSettings
 from infra.tags import tags
@@ -80,17 +81,16 @@ class Observability(pulumi.ComponentResource):
                 opts=child,
             )
 
-        subscribers = {"subscriber_sns_topic_arns": [topic.arn]}
-        if s.alert_emails:
-            subscribers["subscriber_email_addresses"] = list(s.alert_emails)
-
+        # Budget alerts go to the topic only, not also to Budgets' own e-mail subscribers: the
+        # addresses subscribe to the topic (alarms need it anyway), so each alert reaches each
+        # address once, and whatever else subscribes to the topic (pager, chat) sees them too.
         def notification(kind: str, threshold: int) -> dict[str, object]:
             return {
                 "comparison_operator": "GREATER_THAN",
                 "notification_type": kind,
                 "threshold": threshold,
                 "threshold_type": "PERCENTAGE",
-                **subscribers,
+                "subscriber_sns_topic_arns": [topic.arn],
             }
 
         notifications = [notification("ACTUAL", t) for t in sorted(set(s.budget_thresholds))]
@@ -98,13 +98,13 @@ class Observability(pulumi.ComponentResource):
             notifications.append(notification("FORECASTED", s.budget_forecast_threshold))
         budget = aws.budgets.Budget(
             f"{name}-budget",
-            name=f"{s.prefix}-monthly",
+            name=budget_name(s.prefix),
             budget_type="COST",
             limit_amount=f"{s.monthly_budget_usd:.2f}",
             limit_unit="USD",
             time_unit="MONTHLY",
             notifications=notifications,
-            tags=tags(s, f"{s.prefix}-monthly"),
+            tags=tags(s, budget_name(s.prefix)),
             opts=child,
         )
         self.topic_arn = topic.arn

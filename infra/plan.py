@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from infra import readiness
 from infra.cost import CostEstimate, estimate
 from infra.mocking import ProgramRun, RecordedResource, run_program
 from infra.policies import (
@@ -66,6 +67,8 @@ class PlanReport:
     cost: CostEstimate
     outputs: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # Values only the user can supply (infra.readiness): a real run refuses until they are set.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def region(self) -> str:
@@ -271,7 +274,11 @@ def build_plan(stack: str, overrides: Mapping[str, str] | None = None) -> PlanRe
         name: SECRET if name in run.secret_outputs else _scrub(_plain(value), secrets)
         for name, value in run.outputs.items()
     }
-    notes = [n for n in (settings.az_note, *run.warnings) if n]
+    warnings = [b.message for b in readiness.blockers(settings, stack)]
+    # The program logs each blocker too; the plan shows it once, as a warning.
+    notes = [
+        n for n in (settings.az_note, *run.warnings) if n and not any(w in n for w in warnings)
+    ]
     notes = list(dict.fromkeys(_scrub(n, secrets) for n in notes))
     return PlanReport(
         stack=stack,
@@ -281,6 +288,7 @@ def build_plan(stack: str, overrides: Mapping[str, str] | None = None) -> PlanRe
         cost=estimate(records, settings.region),
         outputs=outputs,
         notes=notes,
+        warnings=[_scrub(w, secrets) for w in warnings],
     )
 
 
@@ -354,6 +362,7 @@ def report_json(report: PlanReport) -> dict[str, Any]:
             "excluded": cost.excluded,
         },
         "outputs": report.outputs,
+        "warnings": report.warnings,
         "notes": [*report.notes, *cost.notes],
     }
 
@@ -512,6 +521,8 @@ def render(report: PlanReport, console: Console) -> None:
         for name, value in report.outputs.items():
             outputs.add_row(escape(name), escape(_short(value)))
         console.print(outputs)
+    for warning in report.warnings:
+        console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
     for note in [*report.notes, *cost.notes]:
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
 

@@ -19,10 +19,13 @@ import functools
 import importlib
 import inspect
 import ipaddress
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from infra.address_space import parse_cidr, world_open_versions
 
 Severity = Literal["error", "warning"]
 
@@ -42,6 +45,9 @@ LEGACY_TLS_POLICIES = (
     "ELBSecurityPolicy-TLS13-1-1-2021-06",
 )
 PUBLIC_HTTP_PORTS = frozenset({80, 443})
+ALL_PROTOCOLS = "-1"
+# Security group protocols by number, as the EC2 API also accepts them.
+PROTOCOL_NAMES = {"all": ALL_PROTOCOLS, "6": "tcp", "17": "udp", "1": "icmp", "58": "icmpv6"}
 
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
 EKS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -63,6 +69,10 @@ LOAD_BALANCERS = ("aws:lb/loadBalancer:LoadBalancer", "aws:alb/loadBalancer:Load
 LISTENERS = ("aws:lb/listener:Listener", "aws:alb/listener:Listener")
 BUDGET = "aws:budgets/budget:Budget"
 AWS_PROVIDER = "pulumi:providers:aws"
+PREFIX_LIST = "aws:ec2/managedPrefixList:ManagedPrefixList"
+PREFIX_LIST_ENTRY = "aws:ec2/managedPrefixListEntry:ManagedPrefixListEntry"
+WEB_ACL = "aws:wafv2/webAcl:WebAcl"
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,8 @@ class Rule:
     # Severity in an offline plan, for values only the user can supply (a certificate): a fresh
     # clone plans clean while a real preview or up is blocked.
     offline_severity: Severity | None = None
+    # What the rule reference says it applies to, where `types` cannot (every AWS resource).
+    scope: str = ""
 
     def severity_in(self, context: RuleContext) -> Severity:
         if context.offline and self.offline_severity is not None:
@@ -209,6 +221,7 @@ def resource_rule(
     production_only: bool = False,
     also: Sequence[str] = (),
     offline_severity: Severity | None = None,
+    scope: str = "",
 ) -> Callable[[ResourceCheck], ResourceCheck]:
     def register(check: ResourceCheck) -> ResourceCheck:
         RULES.append(
@@ -222,6 +235,7 @@ def resource_rule(
                 production_only=production_only,
                 also=tuple(also),
                 offline_severity=offline_severity,
+                scope=scope,
             )
         )
         return check
@@ -352,8 +366,96 @@ def eks_public_endpoint_restricted(resource: ResourceRecord, context: RuleContex
     if public is not None and not _true(public):
         return
     cidrs = _as_list(vpc.get("publicAccessCidrs"))
-    if not cidrs or any(_is_world(c) for c in cidrs):
+    if not cidrs or world_open_versions(cidrs):
         yield f"{_label(resource)} exposes its public API endpoint to the whole internet."
+
+
+@resource_rule(
+    "LIFTOFF_NODES_LAUNCH_TEMPLATE",
+    "Managed node groups launch from the stack's launch template",
+    "error",
+    [EKS_NODE_GROUP],
+    "pass launchTemplate {id, version} of a launch template with IMDSv2 required and encrypted "
+    "volumes (infra/cluster.py declares one per node group).",
+)
+def node_group_launch_template(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    template = _as_map(resource.inputs.get("launchTemplate"))
+    if not (template.get("id") or template.get("name")):
+        # EKS's own template answers IMDSv1 and leaves volume encryption to the account default.
+        yield (
+            f"{_label(resource)} has no launch template, so its nodes get EKS's default one "
+            "(IMDSv1 allowed, volumes not encrypted by the stack)."
+        )
+
+
+# --- EKS: what the security section promises is enforced ---------------------------------
+
+EKS_ADDON = "aws:eks/addon:Addon"
+ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+IAM_ROLE = "aws:iam/role:Role"
+CNI_POLICY_ARN = "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy"
+
+
+def _json_map(value: Any) -> Mapping[str, Any]:
+    """An add-on's `configurationValues` (a JSON string) as a map; {} when absent or not JSON."""
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return {}
+        return decoded if isinstance(decoded, Mapping) else {}
+    return _as_map(value)
+
+
+@stack_rule(
+    "LIFTOFF_NETWORK_POLICY_ENFORCED",
+    "NetworkPolicy objects a Helm release renders are enforced by the VPC CNI",
+    "error",
+    'set the vpc-cni add-on\'s configurationValues to {"enableNetworkPolicy": "true"} '
+    "(infra/addons.py); without it EKS accepts NetworkPolicy objects and enforces none.",
+)
+def network_policy_enforced(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
+    releases = [
+        r
+        for r in view.of_type(HELM_RELEASE)
+        if _true(_as_map(_as_map(r.inputs.get("values")).get("networkPolicy")).get("enabled"))
+    ]
+    if not releases:
+        return
+    cni = [a for a in view.of_type(EKS_ADDON) if a.inputs.get("addonName") == "vpc-cni"]
+    enforcing = [
+        a
+        for a in cni
+        if str(_json_map(a.inputs.get("configurationValues")).get("enableNetworkPolicy")).lower()
+        == "true"
+    ]
+    if enforcing:
+        return
+    names = ", ".join(_label(r) for r in releases)
+    where = f"{_label(cni[0])} does not set enableNetworkPolicy" if cni else "no vpc-cni add-on"
+    yield (cni[0] if cni else releases[0]), f"{names} render NetworkPolicy objects but {where}."
+
+
+@stack_rule(
+    "LIFTOFF_CNI_OWN_ROLE",
+    "The VPC CNI's permissions are on its service account's role, not on the node role",
+    "error",
+    "attach AmazonEKS_CNI_Policy to an IRSA or Pod Identity role for kube-system/aws-node "
+    "(the vpc-cni add-on's serviceAccountRoleArn) instead of the node role.",
+)
+def cni_policy_off_node_role(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
+    for attachment in view.of_type(ROLE_POLICY_ATTACHMENT):
+        if attachment.inputs.get("policyArn") != CNI_POLICY_ARN:
+            continue
+        for role in view.referenced(attachment, "role") or []:
+            if role.type == IAM_ROLE and "ec2.amazonaws.com" in str(
+                role.inputs.get("assumeRolePolicy", "")
+            ):
+                yield (
+                    attachment,
+                    f"{_label(attachment)} gives {_label(role)}, an EC2 (node) role, the VPC "
+                    "CNI's permissions: every pod on the node can use them.",
+                )
 
 
 # --- EC2 instances and volumes -----------------------------------------------------------
@@ -636,15 +738,65 @@ def _is_https_with_certificate(listener: ResourceRecord) -> bool:
     "LIFTOFF_PROD_HTTPS",
     "In prod the load balancer serves HTTPS",
     "error",
-    "request an ACM certificate and set liftoff:certificateArn; HTTP then redirects to HTTPS.",
+    "set liftoff:domainName and liftoff:hostedZoneId (the stack requests and validates an ACM "
+    "certificate), or liftoff:certificateArn; HTTP then redirects to HTTPS.",
     production_only=True,
     offline_severity="warning",
 )
 def prod_serves_https(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     listeners = view.of_type(*LISTENERS)
-    if listeners and not any(_is_https_with_certificate(lst) for lst in listeners):
+    # The protocol alone: a certificate the stack requests is unknown until validated (preview),
+    # and CKV_AWS_103 checks that every HTTPS listener has one.
+    if listeners and not any(lst.inputs.get("protocol") == "HTTPS" for lst in listeners):
         for listener in listeners:
             yield listener, f"{_label(listener)} serves prod traffic over plain HTTP only."
+
+
+# --- S3 ----------------------------------------------------------------------------------
+
+BUCKETS = ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2")
+BUCKET_PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
+ACCOUNT_PUBLIC_ACCESS_BLOCK = "aws:s3/accountPublicAccessBlock:AccountPublicAccessBlock"
+PUBLIC_ACCESS_FLAGS = (
+    "blockPublicAcls",
+    "blockPublicPolicy",
+    "ignorePublicAcls",
+    "restrictPublicBuckets",
+)
+
+
+def _flags_off(block: ResourceRecord) -> list[str]:
+    return [flag for flag in PUBLIC_ACCESS_FLAGS if not _true(block.inputs.get(flag))]
+
+
+def _blocks_bucket(view: StackView, block: ResourceRecord, bucket: ResourceRecord) -> bool:
+    """Whether a public access block's `bucket` refers to `bucket` (by dependency, id or name)."""
+    if any(r.urn == bucket.urn for r in view.referenced(block, "bucket") or []):
+        return True
+    name = bucket.inputs.get("bucket")
+    return bool(name) and block.inputs.get("bucket") == name
+
+
+@stack_rule(
+    "CKV2_AWS_6",
+    "Every S3 bucket has a public access block with all four settings on",
+    "error",
+    "add an aws.s3.BucketPublicAccessBlock for the bucket with blockPublicAcls, "
+    "blockPublicPolicy, ignorePublicAcls and restrictPublicBuckets true.",
+    also=["CKV_AWS_53", "CKV_AWS_54", "CKV_AWS_55", "CKV_AWS_56"],
+)
+def s3_public_access_blocked(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
+    # The account-wide block, all on, covers every bucket of the account.
+    if any(not _flags_off(b) for b in view.of_type(ACCOUNT_PUBLIC_ACCESS_BLOCK)):
+        return
+    blocks = view.of_type(BUCKET_PUBLIC_ACCESS_BLOCK)
+    for bucket in view.of_type(*BUCKETS):
+        own = [b for b in blocks if _blocks_bucket(view, b, bucket)]
+        if not own:
+            yield bucket, f"{_label(bucket)} has no public access block."
+        elif all(_flags_off(b) for b in own):
+            off = ", ".join(_flags_off(own[0]))
+            yield bucket, f"{_label(bucket)} has a public access block with {off} off."
 
 
 # --- network -----------------------------------------------------------------------------
@@ -659,38 +811,83 @@ class _Ingress:
     to_port: int
     cidrs: tuple[str, ...]
 
+    @property
+    def group_key(self) -> str:
+        """What ingresses of one security group share: its URN, else its id, else the owner's."""
+        if self.group is not None:
+            return self.group.urn
+        group_id = self.owner.inputs.get("securityGroupId")
+        return f"id:{group_id}" if isinstance(group_id, str) and group_id else self.owner.urn
+
 
 def _ports_of(protocol: Any, from_port: Any, to_port: Any) -> tuple[str, int, int]:
-    protocol = str(protocol if protocol is not None else "-1")
-    if protocol in ("-1", "all"):
+    protocol = str(protocol if protocol is not None else ALL_PROTOCOLS).lower()
+    protocol = PROTOCOL_NAMES.get(protocol, protocol)
+    if protocol == ALL_PROTOCOLS:
         return protocol, 0, 65535
     return protocol, _int(from_port, 0), _int(to_port, 65535)
 
 
 def _classic_ingress(
-    owner: ResourceRecord, group: ResourceRecord | None, rule: Mapping[str, Any]
+    view: StackView, owner: ResourceRecord, group: ResourceRecord | None, rule: Mapping[str, Any]
 ) -> _Ingress:
     """An ingress in the EC2 API's shape: an inline `ingress` block or a SecurityGroupRule."""
     protocol, low, high = _ports_of(rule.get("protocol"), rule.get("fromPort"), rule.get("toPort"))
     cidrs = [*_as_list(rule.get("cidrBlocks")), *_as_list(rule.get("ipv6CidrBlocks"))]
+    list_ids = _as_list(rule.get("prefixListIds"))
+    if list_ids and owner.type == SECURITY_GROUP:
+        # An inline block shares the `ingress` dependencies with its sibling blocks: those trace
+        # its prefix lists only when it is the one block that has any.
+        blocks = [
+            b for b in _as_list(owner.inputs.get("ingress")) if _as_map(b).get("prefixListIds")
+        ]
+        cidrs += _prefix_list_cidrs(view, owner, "ingress", list_ids, traced=len(blocks) == 1)
+    elif list_ids:
+        cidrs += _prefix_list_cidrs(view, owner, "prefixListIds", list_ids)
     return _Ingress(owner, group, protocol, low, high, tuple(cidrs))
 
 
 def _ingresses(view: StackView) -> Iterator[_Ingress]:
     for group in view.of_type(SECURITY_GROUP):
         for rule in _as_list(group.inputs.get("ingress")):
-            yield _classic_ingress(group, group, _as_map(rule))
+            yield _classic_ingress(view, group, group, _as_map(rule))
     for rule in view.of_type(SECURITY_GROUP_RULE):
         if rule.inputs.get("type") == "ingress":
             groups = view.referenced(rule, "securityGroupId")
-            yield _classic_ingress(rule, groups[0] if groups else None, rule.inputs)
+            yield _classic_ingress(view, rule, groups[0] if groups else None, rule.inputs)
     for rule in view.of_type(INGRESS_RULE):
         protocol, low, high = _ports_of(
             rule.inputs.get("ipProtocol"), rule.inputs.get("fromPort"), rule.inputs.get("toPort")
         )
         cidrs = [c for c in (rule.inputs.get("cidrIpv4"), rule.inputs.get("cidrIpv6")) if c]
+        if rule.inputs.get("prefixListId"):
+            cidrs += _prefix_list_cidrs(view, rule, "prefixListId", [rule.inputs["prefixListId"]])
         groups = view.referenced(rule, "securityGroupId")
         yield _Ingress(rule, groups[0] if groups else None, protocol, low, high, tuple(cidrs))
+
+
+def _prefix_list_cidrs(
+    view: StackView,
+    owner: ResourceRecord,
+    prop: str,
+    list_ids: Sequence[Any],
+    *,
+    traced: bool = True,
+) -> list[str]:
+    """CIDRs of the stack's prefix lists that `list_ids` (input `prop` of `owner`) name: found by
+    id, else (when `traced`) through `prop`'s dependencies. None for AWS-managed lists."""
+    lists = [p for p in view.of_type(PREFIX_LIST) if p.id and p.id in list_ids]
+    if not lists and traced:
+        lists = [p for p in view.referenced(owner, prop) or [] if p.type == PREFIX_LIST]
+    cidrs = [
+        str(_as_map(entry).get("cidr"))
+        for plist in lists
+        for entry in _as_list(plist.inputs.get("entries"))
+    ]
+    for entry in view.of_type(PREFIX_LIST_ENTRY):
+        if any(p in lists for p in view.referenced(entry, "prefixListId") or []):
+            cidrs.append(str(entry.inputs.get("cidr")))
+    return cidrs
 
 
 def _load_balancer_groups(view: StackView) -> set[str] | None:
@@ -704,9 +901,70 @@ def _load_balancer_groups(view: StackView) -> set[str] | None:
     return urns
 
 
+@dataclass(frozen=True)
+class _WorldWindow:
+    """Ports of one protocol that a security group's ingresses together open to every public
+    address; `ingresses` are those whose CIDRs make up the cover."""
+
+    protocol: str
+    from_port: int
+    to_port: int
+    ingresses: tuple[_Ingress, ...]
+
+    @property
+    def cidrs(self) -> list[str]:
+        """The CIDRs that cover the public space; just the /0s when there are any."""
+        cidrs = list(dict.fromkeys(c for i in self.ingresses for c in i.cidrs))
+        versions = world_open_versions(cidrs)
+        covering = [c for c in cidrs if (net := parse_cidr(c)) and net.version in versions]
+        return [c for c in covering if _is_world(c)] or covering
+
+    @property
+    def web_only(self) -> bool:
+        return (
+            self.protocol == "tcp"
+            and self.from_port == self.to_port
+            and self.from_port in PUBLIC_HTTP_PORTS
+        )
+
+
+def _unique(items: Iterable[Any]) -> tuple[Any, ...]:
+    """`items` without repeats, in order (records hold dicts: compared by identity)."""
+    return tuple({id(item): item for item in items}.values())
+
+
+def _world_windows(ingresses: Sequence[_Ingress]) -> Iterator[_WorldWindow]:
+    """Port windows that the ingresses of one security group open to all public addresses.
+
+    Per protocol, the ports split at every rule's bounds; a window is world-open when the CIDRs of
+    the rules spanning it cover the public space (`infra.address_space`). Rules for all protocols
+    count for each; a window that they open on their own is reported once, as protocol -1.
+    """
+    for protocol in sorted({i.protocol for i in ingresses}):
+        spanning = [i for i in ingresses if i.protocol in (protocol, ALL_PROTOCOLS)]
+        bounds = sorted({i.from_port for i in spanning} | {i.to_port + 1 for i in spanning})
+        windows: list[_WorldWindow] = []
+        for low, next_low in itertools.pairwise(bounds):
+            covering = [i for i in spanning if i.from_port <= low and next_low - 1 <= i.to_port]
+            if not world_open_versions(c for i in covering for c in i.cidrs):
+                continue
+            if protocol != ALL_PROTOCOLS and world_open_versions(
+                c for i in covering if i.protocol == ALL_PROTOCOLS for c in i.cidrs
+            ):
+                continue
+            last = windows[-1] if windows else None
+            if last is not None and last.to_port + 1 == low:
+                merged = _unique([*last.ingresses, *covering])
+                windows[-1] = _WorldWindow(protocol, last.from_port, next_low - 1, merged)
+            else:
+                windows.append(_WorldWindow(protocol, low, next_low - 1, tuple(covering)))
+        yield from windows
+
+
 @stack_rule(
     "CKV_AWS_260",
-    "No ingress from 0.0.0.0/0 or ::/0, except HTTP/HTTPS to the load balancer",
+    "No ingress from the whole internet (0.0.0.0/0, ::/0, or CIDRs that together cover every "
+    "public address), except HTTP/HTTPS to the load balancer",
     "error",
     "open only 80/443 to the internet, on the load balancer's security group; reach nodes, cache "
     "and admin ports through security-group references or the VPC.",
@@ -714,30 +972,26 @@ def _load_balancer_groups(view: StackView) -> set[str] | None:
 )
 def no_world_ingress(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     lb_groups = _load_balancer_groups(view)
+    by_group: dict[str, list[_Ingress]] = {}
     for ingress in _ingresses(view):
-        world = [c for c in ingress.cidrs if _is_world(c)]
-        if not world:
-            continue
-        ports = f"{ingress.protocol} {ingress.from_port}-{ingress.to_port}"
-        web_only = (
-            ingress.protocol in ("tcp", "6")
-            and ingress.from_port == ingress.to_port
-            and ingress.from_port in PUBLIC_HTTP_PORTS
-        )
-        if not web_only:
-            yield ingress.owner, f"{_label(ingress.owner)} opens {ports} to {', '.join(world)}."
-        elif (
-            lb_groups is not None
-            and ingress.group is not None
-            and ingress.group.urn not in lb_groups
-        ):
-            yield (
-                ingress.owner,
-                (
-                    f"{_label(ingress.owner)} opens {ports} to {', '.join(world)} on a security "
-                    "group that no load balancer uses."
-                ),
-            )
+        by_group.setdefault(ingress.group_key, []).append(ingress)
+    for ingresses in by_group.values():
+        for window in _world_windows(ingresses):
+            group = window.ingresses[0].group
+            if window.web_only and (lb_groups is None or group is None or group.urn in lb_groups):
+                continue
+            owners = _unique(i.owner for i in window.ingresses)
+            subject = owners[0] if len(owners) == 1 or group is None else group
+            ports = f"{window.protocol} {window.from_port}-{window.to_port}"
+            cidrs = window.cidrs
+            message = f"{_label(subject)} opens {ports} to {', '.join(cidrs)}"
+            if not any(_is_world(c) for c in cidrs):
+                message += f", which cover{'s' if len(cidrs) == 1 else ''} every public address"
+            if len(owners) > 1:
+                message += f" (rules {', '.join(_label(o) for o in owners)})"
+            if window.web_only:
+                message += " on a security group that no load balancer uses"
+            yield subject, message + "."
 
 
 def _internet_routed_subnets(view: StackView) -> set[str]:
@@ -851,6 +1105,7 @@ def supports_tags(resource_type: str) -> bool:
     "error",
     [],
     "tag it with " + ", ".join(REQUIRED_TAGS) + " (the stack's provider default tags do this).",
+    scope="every taggable AWS resource",
 )
 def required_tags(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
     if not supports_tags(resource.type):
@@ -870,6 +1125,118 @@ def required_tags(resource: ResourceRecord, context: RuleContext) -> Iterator[st
 def us_region(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
     if context.region not in US_REGIONS:
         yield None, f"Stack region {context.region or '(unset)'} is not a US region."
+
+
+@resource_rule(
+    "LIFTOFF_RESOURCE_US_REGION",
+    "No resource or aws provider is placed outside the US regions",
+    "error",
+    [],
+    "drop the resource's region input (it then uses the stack's aws:region) or set one of "
+    + ", ".join(US_REGIONS)
+    + ".",
+    scope="every AWS resource and aws provider with its own region",
+)
+def resource_in_us_region(resource: ResourceRecord, context: RuleContext) -> Iterator[str]:
+    # pulumi-aws v7 gives most resources their own `region`, overriding the provider's.
+    if not (resource.type.startswith("aws:") or resource.type == AWS_PROVIDER):
+        return
+    region = resource.inputs.get("region")
+    if region and region not in US_REGIONS:
+        yield f"{_label(resource)} is placed in {region}, not a US region."
+
+
+# --- WAF and the gateway's body limit ------------------------------------------------------
+
+# An ALB forwards at most this much of a body to the WAF (fixed; CloudFront's is 16-64 KB).
+ALB_BODY_INSPECTION_BYTES = 8192
+# The gateway's server.max_body_bytes when no Helm release sets it (app/config.py ServerConfig).
+GATEWAY_DEFAULT_MAX_BODY_BYTES = 1_048_576
+# Managed rules that block a body by size: group -> (rule, largest body it lets through).
+MANAGED_BODY_SIZE_RULES = {"AWSManagedRulesCommonRuleSet": ("SizeRestrictions_BODY", 8192)}
+_NON_BLOCKING_ACTIONS = ("count", "allow")
+_COMPARISONS: dict[str, Callable[[int, int], bool]] = {
+    "EQ": lambda a, b: a == b,
+    "NE": lambda a, b: a != b,
+    "LE": lambda a, b: a <= b,
+    "LT": lambda a, b: a < b,
+    "GE": lambda a, b: a >= b,
+    "GT": lambda a, b: a > b,
+}
+
+
+def _gateway_body_limit(view: StackView) -> int:
+    """`config.server.max_body_bytes` of the gateway's Helm release, else the gateway default."""
+    for release in view.of_type(HELM_RELEASE):
+        config = _as_map(_as_map(release.inputs.get("values")).get("config"))
+        limit = _as_map(config.get("server")).get("max_body_bytes")
+        if limit is not None:
+            return _int(limit, GATEWAY_DEFAULT_MAX_BODY_BYTES)
+    return GATEWAY_DEFAULT_MAX_BODY_BYTES
+
+
+def _body_size_matches(size: int, statement: Mapping[str, Any]) -> bool:
+    """Whether a size constraint on the body matches a body of `size` bytes behind an ALB."""
+    body = _as_map(_as_map(statement.get("fieldToMatch")).get("body"))
+    seen = size
+    if size > ALB_BODY_INSPECTION_BYTES:
+        handling = body.get("oversizeHandling") or "CONTINUE"
+        if handling in ("MATCH", "NO_MATCH"):
+            return handling == "MATCH"
+        seen = ALB_BODY_INSPECTION_BYTES  # CONTINUE: the WAF measures what it was sent
+    compare = _COMPARISONS.get(str(statement.get("comparisonOperator")))
+    return compare is not None and compare(seen, _int(statement.get("size"), 0))
+
+
+def smallest_blocked_body(rule: Mapping[str, Any]) -> int | None:
+    """The smallest body size (bytes) a web ACL rule blocks behind an ALB, or None."""
+    statement = _as_map(rule.get("statement"))
+    managed = _as_map(statement.get("managedRuleGroupStatement"))
+    if managed:
+        size_rule = MANAGED_BODY_SIZE_RULES.get(str(managed.get("name")))
+        if size_rule is None or "count" in _as_map(rule.get("overrideAction")):
+            return None
+        name, allowed = size_rule
+        for override in _as_list(managed.get("ruleActionOverrides")):
+            override = _as_map(override)
+            action = _as_map(override.get("actionToUse"))
+            if override.get("name") == name and any(a in action for a in _NON_BLOCKING_ACTIONS):
+                return None
+        return allowed + 1
+    size = _as_map(statement.get("sizeConstraintStatement"))
+    if not size or "body" not in _as_map(size.get("fieldToMatch")):
+        return None
+    if "block" not in _as_map(rule.get("action")):
+        return None
+    # The comparisons are monotone in the size the WAF sees: their breakpoints suffice.
+    bound = _int(size.get("size"), 0)
+    candidates = {0, bound - 1, bound, bound + 1, ALB_BODY_INSPECTION_BYTES + 1}
+    return min((c for c in candidates if c >= 0 and _body_size_matches(c, size)), default=None)
+
+
+@stack_rule(
+    "LIFTOFF_WAF_BODY_SIZE",
+    "The WAF lets through every request body size the gateway accepts",
+    "error",
+    "override the managed SizeRestrictions_BODY rule to count and block by size only over the "
+    "gateway's server.max_body_bytes (liftoff:maxBodyBytes; infra/waf.py does both).",
+)
+def waf_passes_gateway_bodies(view: StackView, context: RuleContext) -> Iterator[StackFinding]:
+    limit: int | None = None
+    for acl in view.of_type(WEB_ACL):
+        for rule in _as_list(acl.inputs.get("rules")):
+            rule = _as_map(rule)
+            blocked = smallest_blocked_body(rule)
+            if blocked is None:
+                continue
+            # Read only when needed: the release's values are unknown during a first preview.
+            limit = _gateway_body_limit(view) if limit is None else limit
+            if blocked <= limit:
+                yield (
+                    acl,
+                    f"{_label(acl)} rule {rule.get('name')} blocks {blocked}-byte bodies; the "
+                    f"gateway accepts bodies up to {limit} bytes.",
+                )
 
 
 RULES_BY_ID: dict[str, Rule] = {rule.id: rule for rule in RULES}
@@ -931,15 +1298,15 @@ def rules_markdown() -> str:
         "`pulumi preview --policy-pack infra/policy` (or `pulumi up --policy-pack infra/policy`). "
         "Severity error is a mandatory policy (blocks the update), warning is advisory. "
         "Ids follow checkov where it has a matching check; `LIFTOFF_*` rules have no checkov "
-        "equivalent. Prod-only rules apply where the `environment` tag (or stack name) is prod.",
+        "equivalent. Prod-only rules apply on the stack named prod, whatever its tags say, and on "
+        "a stack of another name whose `environment` tag (else a `-prod` name suffix) is prod.",
         "",
         "| Rule | Also | Severity | Applies to | Checks | Fix |",
         "|---|---|---|---|---|---|",
     ]
     for rule in RULES:
         scope = ", ".join(f"`{t}`" for t in rule.types) if rule.check_resource else "the stack"
-        if rule.check_resource and not rule.types:
-            scope = "every taggable AWS resource"
+        scope = rule.scope or scope
         if rule.production_only:
             scope += " (prod only)"
         row = [f"`{rule.id}`", ", ".join(rule.also), rule.severity, scope, rule.title, rule.fix]

@@ -71,9 +71,10 @@ def tcp_rule(
     description: str,
     cidr_ipv4: pulumi.Input[str] | None = None,
     referenced_security_group_id: pulumi.Input[str] | None = None,
+    prefix_list_id: pulumi.Input[str] | None = None,
     opts: pulumi.ResourceOptions,
 ) -> aws.vpc.SecurityGroupIngressRule | aws.vpc.SecurityGroupEgressRule:
-    """One TCP port to or from a CIDR or another security group (give one of the two).
+    """One TCP port to or from a CIDR, another security group or a prefix list (give one).
 
     Named `<component_name>-<suffix>` and tagged `<prefix>-<suffix>`, like the components'
     other resources. One rule per resource (not inline rules) so each can change on its own.
@@ -88,6 +89,7 @@ def tcp_rule(
         security_group_id=security_group_id,
         cidr_ipv4=cidr_ipv4,
         referenced_security_group_id=referenced_security_group_id,
+        prefix_list_id=prefix_list_id,
         ip_protocol="tcp",
         from_port=port,
         to_port=port,

@@ -17,6 +17,8 @@ import ipaddress
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from infra import eks_versions
+from infra.certificate import serves_https
 from infra.settings import StackSettings, config_key
 
 # RFC 5737 documentation ranges: never anybody's real egress address.
@@ -108,9 +110,31 @@ def provider_api_key(settings: StackSettings, stack: str) -> Iterator[Blocker]:
 
 @blocker_check
 def prod_certificate(settings: StackSettings, stack: str) -> Iterator[Blocker]:
-    if settings.is_prod and settings.certificate_arn is None:
+    if settings.is_prod and not serves_https(settings.model_dump()):
         yield Blocker(
-            config_key("certificate_arn"),
-            "unset in prod: the load balancer would serve plain HTTP",
-            config_set(stack, "certificate_arn", "arn:aws:acm:<region>:<account>:certificate/<id>"),
+            config_key("domain_name"),
+            "unset in prod, and so is liftoff:certificateArn: the load balancer would serve plain "
+            "HTTP; give a domain in one of your Route 53 zones (or an ACM certificate ARN in "
+            f"{settings.region} as liftoff:certificateArn)",
+            f"{config_set(stack, 'domain_name', '<api.your-domain>')} && "
+            f"{config_set(stack, 'hosted_zone_id', '<route53-zone-id>')}",
+        )
+
+
+@blocker_check
+def extended_support_version(settings: StackSettings, stack: str) -> Iterator[Blocker]:
+    """A version past its end of standard support runs only with the EXTENDED upgrade policy (at
+    the extended-support rate); with STANDARD, EKS would not keep the cluster on it."""
+    version = settings.kubernetes_version
+    if settings.eks_support_type != "EXTENDED" and eks_versions.in_extended_support(version):
+        entry = eks_versions.calendar().versions[version]
+        newest = eks_versions.calendar().newest_in_standard_support(eks_versions.today())
+        yield Blocker(
+            config_key("eks_support_type"),
+            f"liftoff:kubernetesVersion = {version} is in extended support since "
+            f"{entry.end_of_standard_support} (until {entry.end_of_extended_support}, at the "
+            "extended-support price); upgrade one minor version per `pulumi up` towards "
+            f"{newest or 'a version in standard support'}, or keep it by accepting extended "
+            "support",
+            config_set(stack, "eks_support_type", "EXTENDED"),
         )

@@ -15,6 +15,7 @@ import pulumi_random as random
 
 from infra import iam
 from infra.cluster import Cluster
+from infra.names import secret_name
 from infra.primitives import kms_key
 from infra.settings import StackSettings
 from infra.tags import tags
@@ -85,13 +86,6 @@ class Secrets(pulumi.ComponentResource):
         upstream_key = (
             pulumi.Output.secret(s.llm_api_key.get_secret_value()) if s.llm_api_key else None
         )
-        if upstream_key is None:
-            pulumi.log.warn(
-                "liftoff:llmApiKey is not set: the upstream API key secret is created empty. "
-                "Set it with `pulumi config set --secret liftoff:llmApiKey <key>` and run "
-                "`pulumi up` again.",
-                self,
-            )
 
         secrets = {}
         for slug, value, version, description in (
@@ -106,10 +100,10 @@ class Secrets(pulumi.ComponentResource):
         ):
             secret = aws.secretsmanager.Secret(
                 f"{name}-{slug}",
-                name=f"{s.prefix}/{slug}",
+                name=secret_name(s.prefix, slug),
                 description=f"{s.prefix}: {description}",
                 kms_key_id=key.arn,
-                recovery_window_in_days=s.recovery_window_days,
+                recovery_window_in_days=secret_recovery_window_days(s),
                 tags=tags(s, f"{s.prefix}-{slug}"),
                 opts=child,
             )
@@ -140,6 +134,14 @@ class Secrets(pulumi.ComponentResource):
         )
         self.app_role_arn = role.arn
         self.register_outputs({"secretArns": self.secret_arns, "appRoleArn": role.arn})
+
+
+def secret_recovery_window_days(settings: StackSettings) -> int:
+    """Prod keeps a deleted secret recoverable for 30 days (AWS's maximum). Elsewhere it is
+    deleted at once (0 = without recovery): a deleted secret holds its name for its whole
+    window, so a dev or staging stack destroyed and brought up again the same week could not
+    recreate it. Nothing is lost: the values live in the stack's config or are regenerated."""
+    return settings.recovery_window_days if settings.is_prod else 0
 
 
 def app_secrets_policy(secret_arns: list[str], key_arn: str, region: str) -> str:

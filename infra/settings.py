@@ -19,7 +19,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+)
+
+from infra import aws_limits, eks_versions, instance_types
+from infra.cache_engines import versions_allowed_text
+from infra.eks_versions import DEFAULT_KUBERNETES_VERSION
+from infra.names import resource_prefix
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "liftoff"
@@ -40,8 +53,11 @@ MEMORY_RE = r"^[0-9]+(Ki|Mi|Gi|Ti)$"
 EMAIL_RE = r"^[^@\s]+@[^@\s]+\.[a-zA-Z]{2,}$"
 ACM_ARN_RE = r"^arn:aws:acm:us-(east|west)-[12]:[0-9]{12}:certificate/[0-9a-f-]{36}$"
 IAM_ROLE_ARN_RE = r"^arn:aws:iam::[0-9]{12}:role/[\w+=,.@/-]+$"
-# 1.30 is the first release with the native preStop sleep action the chart relies on.
-K8S_VERSION_RE = r"^1\.3[0-9]$"
+# What an EKS access entry can name: IAM roles and users (paths kept), the account root; never an
+# STS session ARN (arn:aws:sts::...:assumed-role/...).
+IAM_PRINCIPAL_ARN_RE = r"^arn:aws:iam::[0-9]{12}:((role|user)/[\w+=,.@/-]+|root)$"
+# The shape of a minor version; which ones EKS offers is infra/data/eks-versions.json's to say.
+K8S_VERSION_RE = r"^1\.[0-9]{1,2}$"
 NAME_RE = r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$"
 IMAGE_RE = r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[\w.-]+)?(@sha256:[0-9a-f]{64})?$"
 TAG_KEY_RE = r"^[\w .:/=+@-]{1,128}$"
@@ -89,7 +105,9 @@ class StackSettings(BaseModel):
     name: str = _setting(
         PROJECT,
         "3-20 lowercase letters, digits or '-', starting with a letter",
-        "Prefix of every resource name (`<name>-<environment>-...`).",
+        "Prefix of every resource name (`<name>-<stack>-...`; a stack named dev, staging or prod "
+        "gives `<name>-<environment>-...`). With the stack name at most 24 characters: AWS "
+        "limits target group names to 32.",
         pattern=NAME_RE,
     )
     tags: dict[str, str] = _setting(
@@ -109,6 +127,14 @@ class StackSettings(BaseModel):
         "accounts: a request for 3 there is reduced to 2 with a warning.",
         alias="azCount",
     )
+    availability_zone_ids: list[str] = _setting(
+        [],
+        "2-3 distinct zone IDs of the region like use1-az1, not use1-az3 or usw1-az2 (EKS "
+        "refuses control-plane subnets there), as many as liftoff:azCount",
+        "Pin the availability zones by zone ID (the same physical zone in every account; names "
+        "like us-east-1a differ per account). Unset: the first azCount zones EKS accepts.",
+        alias="availabilityZoneIds",
+    )
     nat_gateways: Literal["single", "perAz"] = _setting(
         "single",
         "single or perAz",
@@ -123,11 +149,21 @@ class StackSettings(BaseModel):
     )
     # --- cluster -------------------------------------------------------------------------
     kubernetes_version: str = _setting(
-        "1.33",
-        "an EKS Kubernetes version 1.30-1.39",
-        "EKS control plane version.",
+        DEFAULT_KUBERNETES_VERSION,
+        "a Kubernetes minor version like 1.35 that EKS offers (infra/data/eks-versions.json), "
+        "1.30 or later, not past its end of extended support",
+        "EKS control plane version; managed add-ons and nodes follow it. A version in extended "
+        "support costs the extended rate and needs liftoff:eksSupportType=EXTENDED.",
         alias="kubernetesVersion",
         pattern=K8S_VERSION_RE,
+    )
+    eks_support_type: Literal["STANDARD", "EXTENDED"] = _setting(
+        "STANDARD",
+        "STANDARD or EXTENDED",
+        "Cluster upgrade policy: STANDARD lets EKS upgrade the control plane at the end of "
+        "standard support; EXTENDED keeps the version into extended support (billed at the "
+        "extended-support rate).",
+        alias="eksSupportType",
     )
     service_cidr: str = _setting(
         "172.20.0.0/16",
@@ -157,16 +193,33 @@ class StackSettings(BaseModel):
     )
     node_instance_types: list[str] = _setting(
         ["m7i.large"],
-        "a non-empty list of EC2 instance types like m7i.large",
-        "Instance types of the managed node group (vertical node knob).",
+        "a non-empty list of EC2 instance types like m7i.large, in infra/data/instances.json and "
+        "priced in infra/data/prices.json, all needing one AL2023 AMI type",
+        "Instance types of the managed node group (vertical node knob). GPU families get the "
+        "NVIDIA AMI, Inferentia/Trainium the Neuron AMI; pod requests and appMinReplicas must "
+        "fit them.",
         alias="nodeInstanceTypes",
         min_length=1,
     )
+    allow_unknown_instance_types: bool = _setting(
+        False,
+        "true or false",
+        "Accept EC2 instance and ElastiCache node types missing from Liftoff's instance and price "
+        "data (infra/data/); their capacity and cost cannot be checked.",
+        alias="allowUnknownInstanceTypes",
+    )
     node_capacity_type: Literal["ON_DEMAND", "SPOT"] = _setting(
-        "ON_DEMAND", "ON_DEMAND or SPOT", "Node purchase option.", alias="nodeCapacityType"
+        "ON_DEMAND",
+        "ON_DEMAND or SPOT (SPOT: at least 3 nodeInstanceTypes of one vCPU/memory size)",
+        "Purchase option of the workload nodes. SPOT adds a small on-demand system node group "
+        "that the cluster add-ons are pinned to, so an interruption never takes them along.",
+        alias="nodeCapacityType",
     )
     node_min_size: int = _setting(
-        2, "an integer 0-100, <= nodeDesiredSize", "Node group minimum size.", alias="nodeMinSize"
+        2,
+        "an integer 1-100 (the gateway needs a node), <= nodeDesiredSize",
+        "Node group minimum size.",
+        alias="nodeMinSize",
     )
     node_desired_size: int = _setting(
         2,
@@ -196,6 +249,21 @@ class StackSettings(BaseModel):
         alias="kubeconfigRoleArn",
         pattern=IAM_ROLE_ARN_RE,
     )
+    cluster_admins: list[str] = _setting(
+        [],
+        "a list of IAM role or user ARNs (arn:aws:iam::<account>:role/<path/name>), not STS "
+        "session ARNs",
+        "Principals given an EKS access entry with AmazonEKSClusterAdminPolicy; whoever runs "
+        "`pulumi up` is added unless listed.",
+        alias="clusterAdmins",
+    )
+    cluster_viewers: list[str] = _setting(
+        [],
+        "a list of IAM role or user ARNs (arn:aws:iam::<account>:role/<path/name>), not STS "
+        "session ARNs",
+        "Principals given an EKS access entry with AmazonEKSViewPolicy (read-only).",
+        alias="clusterViewers",
+    )
     kubeconfig_profile: str | None = _setting(
         None,
         "an AWS CLI profile name",
@@ -211,6 +279,21 @@ class StackSettings(BaseModel):
         alias="certificateArn",
         pattern=ACM_ARN_RE,
     )
+    domain_name: str | None = _setting(
+        None,
+        "a DNS name like api.example.com (at most 64 characters), with liftoff:hostedZoneId",
+        "Public name of the gateway: the stack requests an ACM certificate for it, validated by "
+        "DNS in liftoff:hostedZoneId, and points it at the load balancer (url https://<name>).",
+        alias="domainName",
+    )
+    hosted_zone_id: str | None = _setting(
+        None,
+        "a Route 53 hosted zone id like Z0123456789ABCDEFGHIJ, with liftoff:domainName",
+        "Route 53 public hosted zone holding liftoff:domainName (certificate validation and "
+        "alias records).",
+        alias="hostedZoneId",
+        pattern=r"^Z[A-Z0-9]{1,32}$",
+    )
     alb_ingress_cidrs: list[str] = _setting(
         ["0.0.0.0/0"],
         "a non-empty list of IPv4 CIDRs",
@@ -221,7 +304,8 @@ class StackSettings(BaseModel):
     alb_deletion_protection: bool = _setting(
         False,
         "true or false",
-        "ALB deletion protection (default on in prod).",
+        "ALB deletion protection (default on in prod); while on, `pulumi destroy` also keeps the "
+        "ALB access-log bucket and the image repository when they hold objects.",
         alias="albDeletionProtection",
     )
     alb_access_logs: bool = _setting(
@@ -249,7 +333,7 @@ class StackSettings(BaseModel):
     )
     cache_engine_version: str = _setting(
         "8.0",
-        "major.minor like 7.1 (redis 7.x; valkey 7.x-8.x)",
+        "a major.minor version ElastiCache offers for the engine: " + versions_allowed_text(),
         "ElastiCache engine version.",
         alias="cacheEngineVersion",
         pattern=r"^[0-9]+\.[0-9]+$",
@@ -353,6 +437,13 @@ class StackSettings(BaseModel):
     gateway_workers: int = _setting(
         1, "an integer 1-16", "Gateway worker processes per pod.", alias="gatewayWorkers"
     )
+    max_body_bytes: int = _setting(
+        1_048_576,
+        "an integer 1024-67108864 (bytes)",
+        "Largest request body the gateway accepts (413 above); the WAF lets every body up to "
+        "this size through.",
+        alias="maxBodyBytes",
+    )
     upstream_url: str = _setting(
         "https://api.openai.com/v1",
         "an https:// URL",
@@ -434,17 +525,29 @@ class StackSettings(BaseModel):
         "Cache memory usage (%) that raises an alarm.",
         alias="alarmCacheMemoryPercent",
     )
+    monitoring: bool = _setting(
+        False,
+        "true or false",
+        "Ship the gateway chart's ServiceMonitor, PrometheusRule (alerts) and Grafana dashboards; "
+        "needs kube-prometheus-stack (Prometheus Operator CRDs) in the cluster.",
+    )
+
+    # Set by load_settings: not a config key.
+    _stack: str | None = PrivateAttr(default=None)
 
     # --- derived -------------------------------------------------------------------------
     @property
     def effective_az_count(self) -> int:
-        """AZs actually used: capped where the region offers fewer to many accounts."""
+        """AZs actually used: the pinned zone IDs, else azCount capped where the region offers
+        fewer to many accounts."""
+        if self.availability_zone_ids:
+            return len(self.availability_zone_ids)
         return min(self.az_count, TWO_AZ_REGIONS.get(self.region, 3))
 
     @property
     def az_note(self) -> str | None:
         """Why fewer AZs are used than asked for, or None."""
-        if self.effective_az_count < self.az_count:
+        if not self.availability_zone_ids and self.effective_az_count < self.az_count:
             return (
                 f"liftoff:azCount = {self.az_count}: {self.region} offers only "
                 f"{self.effective_az_count} availability zones to many accounts; using "
@@ -453,9 +556,16 @@ class StackSettings(BaseModel):
         return None
 
     @property
+    def stack(self) -> str:
+        """The Pulumi stack these settings were loaded for (the environment when built
+        directly, without a stack)."""
+        return self._stack or self.environment
+
+    @property
     def prefix(self) -> str:
-        """Name prefix of every resource: `<name>-<environment>`."""
-        return f"{self.name}-{self.environment}"
+        """Name prefix of every resource: `<name>-<stack>`, which is `<name>-<environment>` for
+        the dev, staging and prod stacks (infra/names.py)."""
+        return resource_prefix(self.name, self.stack)
 
     @property
     def is_prod(self) -> bool:
@@ -552,6 +662,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "hpa_cpu_target": (1, 100),
     "hpa_memory_target": (1, 100),
     "gateway_workers": (1, 16),
+    "max_body_bytes": (1024, 64 * 1_048_576),
     "default_rpm": (1, float("inf")),
     "secrets_version": (1, float("inf")),
     "cache_auth_token_version": (1, float("inf")),
@@ -564,10 +675,9 @@ _RANGES: dict[str, tuple[float, float]] = {
 
 
 def is_arm(instance_type: str) -> bool:
-    """Graviton families carry a 'g' after the generation digit (m7g, c7gn, t4g, r8g)."""
-    family = instance_type.split(".")[0]
-    match = re.match(r"^[a-z]+[0-9]+([a-z-]*)$", family)
-    return bool(match) and "g" in match.group(1)
+    """Graviton (arm64): the instance data's architecture, else the family name (a1, and every
+    family with a `g` after the generation digit: m7g, c6gd, c7gn, t4g, x2gd, g5g)."""
+    return instance_types.is_arm(instance_type)
 
 
 def _valid_vpc_cidr(v: str) -> bool:
@@ -600,6 +710,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "service_cidr": _valid_service_cidr,
     "cluster_endpoint_public_cidrs": _valid_cidrs,
     "alb_ingress_cidrs": _valid_cidrs,
+    "domain_name": lambda v: _is_dns_name(v),  # defined below, with the cross-field checks
     "node_instance_types": lambda v: all(re.match(INSTANCE_TYPE_RE, t) for t in v),
     "pod_cpu_request": _valid_cpu,
     "pod_cpu_limit": _valid_cpu,
@@ -619,6 +730,8 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
         and not any(k.lower().startswith("aws:") for k in v)
     ),
     "client_keys": lambda v: _valid_client_keys(v.get_secret_value()),
+    "cluster_admins": lambda v: all(re.match(IAM_PRINCIPAL_ARN_RE, a) for a in v),
+    "cluster_viewers": lambda v: all(re.match(IAM_PRINCIPAL_ARN_RE, a) for a in v),
 }
 
 
@@ -644,7 +757,7 @@ def _field_check(name: str, value: Any) -> bool:
     return check is None or bool(check(value))
 
 
-def _cross_field_problems(v: dict[str, Any], raw: dict[str, Any]) -> list[str]:
+def _cross_field_problems(v: dict[str, Any], raw: dict[str, Any], stack: str) -> list[str]:
     """Checks across fields; only fields that passed their own checks are in `v`."""
     problems: list[str] = []
 
@@ -670,8 +783,6 @@ def _cross_field_problems(v: dict[str, Any], raw: dict[str, Any]) -> list[str]:
             "unset while liftoff:vpaMode is not Off (the VPA controls memory; HPA and VPA "
             "must not act on the same resource)",
         )
-    if v.get("node_instance_types") and len({is_arm(t) for t in v["node_instance_types"]}) > 1:
-        fail("node_instance_types", "instance types of one architecture (all Graviton or none)")
     if (
         have("app_min_replicas", "app_max_replicas")
         and v["app_min_replicas"] > v["app_max_replicas"]
@@ -708,25 +819,40 @@ def _cross_field_problems(v: dict[str, Any], raw: dict[str, Any]) -> list[str]:
                         field,
                         f"{text} overlaps liftoff:vpcCidr ({v['vpc_cidr']}); list public CIDRs",
                     )
-    if (
-        v.get("cache_engine") == "redis"
-        and v.get("cache_engine_version")
-        and not v["cache_engine_version"].startswith("7.")
-    ):
-        fail("cache_engine_version", "redis engine: 7.x (7.0 or 7.1)")
-    if (
-        v.get("cache_engine") == "valkey"
-        and v.get("cache_engine_version")
-        and v["cache_engine_version"].split(".")[0] not in ("7", "8")
-    ):
-        fail("cache_engine_version", "valkey engine: 7.x or 8.x")
-    if v.get("cache_snapshot_retention_days") and v.get("cache_node_type", "").startswith(
-        "cache.t2."
-    ):
-        fail("cache_snapshot_retention_days", "0 on cache.t2.* node types (no snapshot support)")
     if v.get("kubeconfig_role_arn") and v.get("kubeconfig_profile") == "":
         fail("kubeconfig_profile", "a non-empty profile name")
+    if v.get("kubeconfig_role_arn") and v["kubeconfig_role_arn"] not in (
+        v.get("cluster_admins") or []
+    ):
+        fail(
+            "kubeconfig_role_arn",
+            "one of liftoff:clusterAdmins (the role `aws eks get-token` assumes needs the admin "
+            "access entry); add it there",
+        )
+    version_problem = v.get("kubernetes_version") and eks_versions.version_problem(
+        v["kubernetes_version"]
+    )
+    if version_problem:
+        fail("kubernetes_version", version_problem)
+    # Imported here: these modules read config_key from this one.
+    from infra.capacity_checks import node_problems
+    from infra.certificate import certificate_problems
+    from infra.quotas import quota_problems
+
+    for field, allowed in [*certificate_problems(v), *quota_problems(v), *node_problems(v)]:
+        fail(field, allowed)
+    for field, allowed in aws_limits.problems(v, raw, stack):
+        if field == "stack":
+            problems.append(f"stack = {stack}: {allowed}")
+        else:
+            fail(field, allowed)
     return problems
+
+
+def _is_dns_name(value: str) -> bool:
+    from infra.certificate import is_dns_name
+
+    return is_dns_name(value)
 
 
 def _coerce_raw(field_name: str, value: object) -> object:
@@ -761,6 +887,14 @@ def load_settings(config: Mapping[str, object], stack: str) -> StackSettings:
         raw[field] = value
 
     environment = raw.get("environment", stack if stack in ENVIRONMENTS else "dev")
+    # A stack named dev, staging or prod is that environment: `liftoff:environment=dev` on the
+    # prod stack would switch prod's defaults and prod-only policies off.
+    if stack in ENVIRONMENTS and environment in ENVIRONMENTS and environment != stack:
+        problems.append(
+            f"{PROJECT}:environment = {environment}: must equal the stack name ({stack}); "
+            "a stack named dev, staging or prod is that environment (choose freely on stacks "
+            "with other names)"
+        )
     for alias, default in ENVIRONMENT_DEFAULTS.get(str(environment), {}).items():
         field = KEY_TO_FIELD[f"{PROJECT}:{alias}"]
         raw.setdefault(field, default)
@@ -778,10 +912,12 @@ def load_settings(config: Mapping[str, object], stack: str) -> StackSettings:
             problems.append(f"{key} = {_shown(key, value)}: {_allowed(field)}")
             continue
         valid[field] = typed
-    problems.extend(_cross_field_problems({**_defaults(), **valid}, raw))
+    problems.extend(_cross_field_problems({**_defaults(), **valid}, raw, stack))
     if problems:
         raise SettingsError(problems)
-    return StackSettings(**valid)
+    settings = StackSettings(**valid)
+    settings._stack = stack
+    return settings
 
 
 def _defaults() -> dict[str, Any]:

@@ -39,7 +39,8 @@ def image_reference(settings: StackSettings) -> pulumi.Output[str]:
             platforms=[
                 docker_build.Platform.LINUX_ARM64 if arm else docker_build.Platform.LINUX_AMD64
             ],
-            force_delete=not settings.is_prod,
+            # Deletion protection keeps the images on destroy; without it destroy is one pass.
+            force_delete=not settings.alb_deletion_protection,
         ),
     )
     return image.image_ref
@@ -138,7 +139,7 @@ def build(settings: StackSettings) -> dict[str, object]:
         "vpcId": network.vpc_id,
         "region": s.region,
         "azCount": s.effective_az_count,
-        "notes": [note for note in (s.az_note,) if note],
+        "notes": [note for note in (s.az_note, *cluster.node_groups.notes) if note],
     }
 
 

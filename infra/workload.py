@@ -84,6 +84,8 @@ def gateway_config(settings: StackSettings, timings: ShutdownTimings) -> dict[st
             "port": APP_PORT,
             "keepalive_timeout_s": timings.server_keepalive_s,
             "graceful_shutdown_s": timings.graceful_shutdown_s,
+            # The WAF (infra/waf.py) lets through every body up to this same limit.
+            "max_body_bytes": settings.max_body_bytes,
         },
         "upstream": {
             "url": settings.upstream_url,
@@ -165,6 +167,10 @@ def gateway_values(settings: StackSettings, refs: WorkloadRefs) -> dict[str, Any
         },
         "aws": {"region": refs.region},
         "topologySpread": {"enabled": True, "maxSkew": 1},
+        # Prometheus Operator objects and Grafana dashboards (kube-prometheus-stack).
+        "serviceMonitor": {"enabled": s.monitoring},
+        "prometheusRule": {"enabled": s.monitoring},
+        "dashboards": {"enabled": s.monitoring},
         "config": gateway_config(s, t),
     }
 

@@ -5,9 +5,11 @@ resources become `StackValidationPolicy`s over the stack's resources (outputs, w
 dependencies that trace a node group's `subnetIds` to its subnets). Severity error maps to a
 mandatory policy (blocks `pulumi up`), warning to advisory.
 
-The rule context comes from what the engine passes: the environment from the resources'
-`environment` tag (else the stack name in the URN, `urn:pulumi:<stack>::<project>::...`), the region
-and default tags from the aws provider.
+The rule context comes from what the engine passes: the environment is the stack name in the URN
+(`urn:pulumi:<stack>::<project>::...`) when that is dev, staging or prod, whatever a tag says (a
+prod stack tagged `environment=dev` still gets the prod-only rules); for other stack names it is
+the resources' `environment` tag, else the stack name's suffix. The region and default tags come
+from the aws provider.
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ def _environment_tag(props: Mapping[str, Any]) -> str | None:
 def context_for(
     urn: str, provider_props: Mapping[str, Any] | None, environment: str | None = None
 ) -> RuleContext:
-    """Rule context of a resource: environment from its `environment` tag (the provider's default
-    tags, else the stack name); region from the provider, else the AWS_REGION it would use."""
+    """Rule context of a resource: environment from the stack name (dev, staging, prod), else its
+    `environment` tag (the provider's default tags, else the stack name's suffix); region from the
+    provider, else the AWS_REGION it would use."""
     props = provider_props or {}
     stack = stack_of(urn)
     region = (
@@ -91,7 +94,9 @@ def context_for(
     return RuleContext(
         stack=stack,
         region=str(region) if region else None,
-        environment=environment or default_tags.get("environment") or environment_of(stack),
+        environment=stack
+        if stack in ENVIRONMENTS
+        else environment or default_tags.get("environment") or environment_of(stack),
         default_tags=default_tags,
     )
 

@@ -41,6 +41,9 @@ def everything_on() -> dict[str, Any]:
         "aws": {"region": REGION},
         "extraEnv": [{"name": "LIFTOFF__LIMITS__DEFAULT_RPM", "value": "1200"}],
         "podAnnotations": {"prometheus.io/scrape": "true"},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        # dashboards.enabled adds ConfigMaps beside the gateway's; test_monitoring.py covers them.
         "priorityClassName": "system-cluster-critical",
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gateway"}],
         "config": {

@@ -112,6 +112,11 @@ INVALID = [
         "config must not hold secrets",
     ),
     (
+        "bad-cache-scope",
+        {"config": {"cache": {"scope": "tenant"}}},
+        "at '/config/cache/scope': value must be one of",
+    ),
+    (
         "arn-not-string",
         {"secrets": {"upstreamApiKeyArn": 5}},
         "at '/secrets/upstreamApiKeyArn': got number",

@@ -1,5 +1,6 @@
 """The chart lints and renders with its defaults and with every optional part on; every rendered
-object is valid for Kubernetes 1.33 (built-in kinds) or for its CRD (VPA, TargetGroupBinding)."""
+object is valid for Kubernetes 1.33 (built-in kinds) or for its CRD (VPA, TargetGroupBinding,
+ServiceMonitor, PrometheusRule)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,12 @@ def test_defaults_render_the_core_objects_only() -> None:
 
 def test_everything_on_renders_vpa_and_target_group_binding_and_all_validate() -> None:
     manifests = render(sample_values.everything_on())
-    assert manifests.kinds() == DEFAULT_KINDS | {"VerticalPodAutoscaler", "TargetGroupBinding"}
+    assert manifests.kinds() == DEFAULT_KINDS | {
+        "VerticalPodAutoscaler",
+        "TargetGroupBinding",
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
     validate_all(manifests)
 
 

@@ -147,7 +147,7 @@ def test_image_is_built_from_app_and_pushed_with_ecr_credentials(
         assert build["context"] == {"location": str(APP_DIR)}
         assert build["dockerfile"] == {"location": str(APP_DIR / "Dockerfile")}
         assert build["platforms"] == ["linux/amd64"]
-        assert build["tags"] == [f"{REGISTRY}/liftoff-dev-gateway:{context_tag(APP_DIR)}"]
+        assert build["tags"] == [f"{REGISTRY}/liftoff-dev-gateway:{context_tag(APP_DIR)}-amd64"]
         registries = build["registries"]
         # The credentials reach the provider (and the state) only as a Pulumi secret.
         assert registries[rpc._special_sig_key] == rpc._special_secret_sig

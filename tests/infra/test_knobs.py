@@ -4,10 +4,12 @@ overridden and compared, resource by resource, with the committed dev stack."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import pytest
 
+from infra import eks_versions
 from infra.mocking import ProgramRun, run_program
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -71,7 +73,7 @@ def test_node_group_size_changes_only_the_node_group(dev_run: ProgramRun) -> Non
 
 
 def test_instance_types_change_only_the_node_group(dev_run: ProgramRun) -> None:
-    run = run_program("dev", {"liftoff:nodeInstanceTypes": '["m7g.large", "c7g.xlarge"]'})
+    run = run_program("dev", {"liftoff:nodeInstanceTypes": '["m7g.large", "m7g.xlarge"]'})
     d = diff(dev_run, run)
     assert not d.added and not d.removed
     assert d.changed == {
@@ -224,18 +226,30 @@ def test_cache_auth_token_rotation(dev_run: ProgramRun) -> None:
     assert cache["authTokenWoVersion"] == 2 and cache["authTokenUpdateStrategy"] == "ROTATE"
 
 
-def test_kubernetes_version_upgrades_control_plane_then_nodes(dev_run: ProgramRun) -> None:
-    run = run_program("dev", {"liftoff:kubernetesVersion": "1.34"})
-    d = diff(dev_run, run)
+def test_kubernetes_version_upgrades_control_plane_then_nodes(
+    dev_run: ProgramRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The day 1.34 (the base) and 1.35 (the default, dev_run) were both offered.
+    monkeypatch.setattr(eks_versions, "today", lambda: date(2026, 12, 1))
+    base = run_program("dev", {"liftoff:kubernetesVersion": "1.34"})
+    run = dev_run
+    assert run.settings.kubernetes_version == "1.35"
+    d = diff(base, run)
     assert not d.added and not d.removed
+    addons = ("coredns", "eks-pod-identity-agent", "kube-proxy", "vpc-cni")
     assert d.changed == {
         ("aws:eks/cluster:Cluster", "liftoff-dev-eks"): {"version"},
         (NODE_GROUP, "liftoff-dev-nodes"): {"version"},
         (RELEASE, "liftoff-dev-cluster-autoscaler"): {"values"},
+        # Managed add-ons move to the builds for the new version (infra/addons.py).
+        **{("aws:eks/addon:Addon", f"liftoff-dev-addon-{a}"): {"addonVersion"} for a in addons},
     }
-    assert run.one(NODE_GROUP).inputs["version"] == "1.34"
+    assert run.one(NODE_GROUP).inputs["version"] == "1.35"
     autoscaler = next(r for r in run.of_type(RELEASE) if r.inputs["name"] == "cluster-autoscaler")
-    assert autoscaler.inputs["values"]["image"] == {"tag": "v1.34.0"}
-    # The node group takes the version from the cluster's output, so it waits for the control plane.
+    assert autoscaler.inputs["values"]["image"] == {"tag": "v1.35.0"}
+    # The node group takes the version from the cluster's output, so it waits for the control
+    # plane; so do the add-ons (their clusterName).
     cluster = run.one("aws:eks/cluster:Cluster")
     assert cluster.urn in run.one(NODE_GROUP).options["dependencies"]
+    for addon in run.of_type("aws:eks/addon:Addon"):
+        assert cluster.urn in addon.options["dependencies"]

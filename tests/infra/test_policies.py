@@ -189,6 +189,35 @@ IGW_ROUTE = [
     ),
 ]
 
+HELM = "kubernetes:helm.sh/v3:Release"
+ADDON = "aws:eks/addon:Addon"
+ROLE = "aws:iam/role:Role"
+ATTACH = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+CNI_POLICY = "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy"
+CNI_ENFORCING = '{"enableNetworkPolicy": "true"}'
+EC2_TRUST = '{"Statement": [{"Principal": {"Service": "ec2.amazonaws.com"}}]}'
+IRSA_TRUST = '{"Statement": [{"Principal": {"Federated": "arn:aws:iam::1:oidc-provider/x"}}]}'
+
+WEB_ACL = "aws:wafv2/webAcl:WebAcl"
+CORE_RULE_SET = {
+    "name": "crs",
+    "overrideAction": {"none": {}},
+    "statement": {
+        "managedRuleGroupStatement": {"name": "AWSManagedRulesCommonRuleSet", "vendorName": "AWS"}
+    },
+}
+BODY_SIZE_COUNTED = {"name": "SizeRestrictions_BODY", "actionToUse": {"count": {}}}
+
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+BUCKET = "aws:s3/bucket:Bucket"
+BUCKET_PAB = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
+ALL_BLOCKED = {
+    "blockPublicAcls": True,
+    "blockPublicPolicy": True,
+    "ignorePublicAcls": True,
+    "restrictPublicBuckets": True,
+}
+
 # rule id -> (context, passing resources, failing resources, text the failure message contains)
 CASES: dict[str, list[tuple[RuleContext, list[ResourceRecord], list[ResourceRecord], str]]] = {
     "CKV_AWS_58": [
@@ -414,6 +443,30 @@ CASES: dict[str, list[tuple[RuleContext, list[ResourceRecord], list[ResourceReco
             "plain HTTP only",
         )
     ],
+    "LIFTOFF_WAF_BODY_SIZE": [
+        (
+            DEV,
+            [
+                rec(
+                    WEB_ACL,
+                    "waf",
+                    rules=[
+                        {
+                            **CORE_RULE_SET,
+                            "statement": {
+                                "managedRuleGroupStatement": {
+                                    **CORE_RULE_SET["statement"]["managedRuleGroupStatement"],
+                                    "ruleActionOverrides": [BODY_SIZE_COUNTED],
+                                }
+                            },
+                        }
+                    ],
+                )
+            ],
+            [rec(WEB_ACL, "waf", rules=[CORE_RULE_SET])],
+            "blocks 8193-byte bodies",
+        )
+    ],
     "CKV_AWS_260": [
         (DEV, _lb_with_group(443), _lb_with_group(22), "tcp 22-22 to 0.0.0.0/0"),
         (DEV, _lb_with_group(80), _lb_with_group(443, attached=False), "no load balancer uses"),
@@ -538,6 +591,77 @@ CASES: dict[str, list[tuple[RuleContext, list[ResourceRecord], list[ResourceReco
             [rec("aws:ec2/vpc:Vpc", "vpc", tags={"project": ""})],
             "lacks tags",
         ),
+    ],
+    # EKS: the security section's promises (infra/addons.py)
+    "LIFTOFF_NETWORK_POLICY_ENFORCED": [
+        (
+            DEV,
+            [
+                rec(HELM, "gateway", values={"networkPolicy": {"enabled": True}}),
+                rec(ADDON, "cni", addonName="vpc-cni", configurationValues=CNI_ENFORCING),
+            ],
+            [
+                rec(HELM, "gateway", values={"networkPolicy": {"enabled": True}}),
+                rec(ADDON, "cni", addonName="vpc-cni", configurationValues="{}"),
+            ],
+            "does not set enableNetworkPolicy",
+        ),
+        (
+            DEV,
+            # A release without a NetworkPolicy needs no enforcement.
+            [
+                rec(HELM, "gateway", values={"networkPolicy": {"enabled": False}}),
+                rec(ADDON, "cni", addonName="vpc-cni"),
+            ],
+            [rec(HELM, "gateway", values={"networkPolicy": {"enabled": True}})],
+            "no vpc-cni add-on",
+        ),
+    ],
+    "LIFTOFF_CNI_OWN_ROLE": [
+        (
+            DEV,
+            [
+                rec(ROLE, "cni-role", assumeRolePolicy=IRSA_TRUST),
+                rec(ATTACH, "cni", deps={"role": [urn(ROLE, "cni-role")]}, policyArn=CNI_POLICY),
+            ],
+            [
+                rec(ROLE, "node-role", assumeRolePolicy=EC2_TRUST),
+                rec(ATTACH, "cni", deps={"role": [urn(ROLE, "node-role")]}, policyArn=CNI_POLICY),
+            ],
+            "EC2 (node) role",
+        )
+    ],
+    # Day-one gaps (more cases in test_policy_gaps.py)
+    "LIFTOFF_NODES_LAUNCH_TEMPLATE": [
+        (
+            DEV,
+            [rec(NODE_GROUP, "nodes", launchTemplate={"id": "lt-1", "version": "1"})],
+            [rec(NODE_GROUP, "nodes", launchTemplate={"version": "1"})],
+            "has no launch template",
+        )
+    ],
+    "CKV2_AWS_6": [
+        (
+            DEV,
+            [
+                rec(BUCKET, "logs", id="logs-1"),
+                rec(BUCKET_PAB, "logs-private", bucket="logs-1", **ALL_BLOCKED),
+            ],
+            [
+                rec(BUCKET, "logs", id="logs-1"),
+                rec(BUCKET_PAB, "logs-private", bucket="logs-1", **ALL_BLOCKED),
+                rec(BUCKET, "data", id="data-1"),
+            ],
+            "Bucket 'data' has no public access block",
+        )
+    ],
+    "LIFTOFF_RESOURCE_US_REGION": [
+        (
+            DEV,
+            [rec(BUCKET, "logs", region="us-west-2"), rec(BUCKET, "default")],
+            [rec(BUCKET, "logs", region="eu-west-1")],
+            "placed in eu-west-1",
+        )
     ],
     "LIFTOFF_US_REGION": [
         (
@@ -698,15 +822,13 @@ def test_pack_production_rules_follow_the_stack_name() -> None:
     assert _violations(policy, _resource_args(LB, props, stack="prod"))
     assert _violations(policy, _resource_args(LB, props, stack="acme-prod"))
     assert _violations(policy, _resource_args(LB, props, stack="dev")) == []
-    # The environment tag wins over the stack name (a stack "perf" configured as prod).
+    # On other stack names the environment tag decides (a stack "perf" configured as prod)...
     assert _violations(
         policy, _resource_args(LB, {**props, "tags": {"environment": "prod"}}, stack="perf")
     )
-    assert (
-        _violations(
-            policy, _resource_args(LB, {**props, "tags": {"environment": "dev"}}, stack="prod")
-        )
-        == []
+    # ...but a stack named prod is prod, whatever its tag says (settings refuse the mismatch).
+    assert _violations(
+        policy, _resource_args(LB, {**props, "tags": {"environment": "dev"}}, stack="prod")
     )
     assert (
         stack_of("urn:pulumi:acme-prod::liftoff::aws:lb/loadBalancer:LoadBalancer::alb")

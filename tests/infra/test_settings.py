@@ -57,7 +57,7 @@ def test_cli_strings_are_decoded() -> None:
     """The Pulumi CLI hands every value over as a string; structured ones are JSON."""
     settings = load_settings(
         {
-            "liftoff:nodeInstanceTypes": '["c7g.large", "m7g.large"]',
+            "liftoff:nodeInstanceTypes": '["m7g.xlarge", "m7g.large"]',
             "liftoff:nodeMaxSize": "6",
             "liftoff:wafEnabled": "true",
             "liftoff:tags": '{"team": "ml"}',
@@ -65,7 +65,7 @@ def test_cli_strings_are_decoded() -> None:
         },
         "dev",
     )
-    assert settings.node_instance_types == ["c7g.large", "m7g.large"]
+    assert settings.node_instance_types == ["m7g.xlarge", "m7g.large"]
     assert settings.node_max_size == 6 and settings.waf_enabled
     assert settings.tags == {"team": "ml"} and settings.monthly_budget_usd == 99.5
 
@@ -73,7 +73,8 @@ def test_cli_strings_are_decoded() -> None:
 INVALID = [
     (
         {"liftoff:kubernetesVersion": "1.29"},
-        "liftoff:kubernetesVersion = 1.29: an EKS Kubernetes version 1.30-1.39",
+        "liftoff:kubernetesVersion = 1.29: 1.30 or later (the gateway chart's preStop hook "
+        "uses the native sleep action",
     ),
     (
         {"aws:region": "eu-west-1"},
@@ -172,7 +173,7 @@ INVALID = [
     ),
     (
         {"liftoff:cacheEngine": "redis", "liftoff:cacheEngineVersion": "8.0"},
-        "liftoff:cacheEngineVersion = 8.0: redis engine: 7.x",
+        "liftoff:cacheEngineVersion = 8.0: a version ElastiCache offers for redis: 7.0, 7.1",
     ),
     (
         {"liftoff:vpaMode": "Auto", "liftoff:hpaMemoryTarget": "80"},

@@ -145,3 +145,16 @@ is allowed. Included by the Deployment so every render runs them.
 {{- include "gateway.fail" (printf "config must not hold secrets (found key %q): pass credentials as Secrets Manager ARNs under secrets.*" (regexReplaceAll "^[\\s\"'-]*|[\"']?\\s*:$" $secretKey "")) }}
 {{- end }}
 {{- end }}
+
+{{/* Seconds in a duration such as 1h30m, 5m or 10s (the forms the schema allows). */}}
+{{- define "gateway.durationSeconds" -}}
+{{- $h := regexFind "[0-9]+h" . | trimSuffix "h" | default "0" | int }}
+{{- $m := regexFind "[0-9]+m" . | trimSuffix "m" | default "0" | int }}
+{{- $s := regexFind "[0-9]+s" . | trimSuffix "s" | default "0" | int }}
+{{- add (mul $h 3600) (mul $m 60) $s }}
+{{- end }}
+
+{{/* PromQL label matchers of the gateway's own series: the ServiceMonitor's job and namespace. */}}
+{{- define "gateway.promSelector" -}}
+job="{{ include "gateway.fullname" . }}",namespace="{{ .Release.Namespace }}"
+{{- end }}
