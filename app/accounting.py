@@ -12,10 +12,12 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from bpe_openai import _bindings
+
+from app.parts import part_tokens
 
 ENCODINGS: tuple[str, ...] = ("o200k_base", "cl100k_base")
 
@@ -24,11 +26,6 @@ ENCODINGS: tuple[str, ...] = ("o200k_base", "cl100k_base")
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
-
-# Images are billed by size and detail, which the gateway cannot see without fetching them; these
-# are the provider's figures for a low-detail image and a 1024x1024 high-detail one (85 + 4 * 170).
-IMAGE_TOKENS_LOW_DETAIL = 85
-IMAGE_TOKENS_HIGH_DETAIL = 765
 
 
 @functools.cache
@@ -69,58 +66,128 @@ class TokenCounter:
     def count_messages(
         self, messages: Iterable[Mapping[str, Any]], encoding: str = "o200k_base"
     ) -> int:
-        """Prompt tokens of a chat request's `messages`, framing and reply priming included."""
-        total = REPLY_PRIMING_TOKENS
+        """Prompt tokens of a chat request's `messages`, framing and reply priming included
+        (non-text parts at their upper estimate, see `app/parts.py`)."""
+        return self.count_message_bounds(messages, encoding)[1]
+
+    def count_message_bounds(
+        self, messages: Iterable[Mapping[str, Any]], encoding: str = "o200k_base"
+    ) -> tuple[int, int]:
+        """(fewest, most) prompt tokens `messages` can cost; equal unless non-text parts (images,
+        audio, files) are present, whose billing the gateway can only bound."""
+        count = self.count_text
+        low = REPLY_PRIMING_TOKENS
+        spread = 0  # high - low: only non-text parts have one
         for message in messages:
-            total += TOKENS_PER_MESSAGE
+            low += TOKENS_PER_MESSAGE
             for field, value in message.items():
-                total += self._count_value(value, encoding)
+                if value.__class__ is str:  # the common case, kept cheap
+                    low += count(value, encoding)
+                else:
+                    least, most = self._value_bounds(value, encoding)
+                    low += least
+                    spread += most - least
                 if field == "name":
-                    total += TOKENS_PER_NAME
-        return total
+                    low += TOKENS_PER_NAME
+        return low, low + spread
 
     def count_tools(self, tools: Iterable[Mapping[str, Any]], encoding: str = "o200k_base") -> int:
         """Estimated prompt tokens that `tools`/`functions` definitions add (their JSON)."""
         return sum(self.count_text(orjson.dumps(tool).decode(), encoding) for tool in tools)
 
-    def _count_value(self, value: Any, encoding: str) -> int:
+    def _value_bounds(self, value: Any, encoding: str) -> tuple[int, int]:
         if value is None:
-            return 0
+            return 0, 0
         if isinstance(value, str):
-            return self.count_text(value, encoding)
+            tokens = self.count_text(value, encoding)
+            return tokens, tokens
         if isinstance(value, list):  # content parts or tool calls
-            return sum(self._count_part(part, encoding) for part in value)
+            return _sum_bounds(self._part_bounds(part, encoding) for part in value)
         if isinstance(value, Mapping):  # function_call, audio reference, ...
-            return sum(self._count_value(inner, encoding) for inner in value.values())
-        return self.count_text(str(value), encoding)
+            return _sum_bounds(self._value_bounds(inner, encoding) for inner in value.values())
+        tokens = self.count_text(str(value), encoding)
+        return tokens, tokens
 
-    def _count_part(self, part: Any, encoding: str) -> int:
+    def _part_bounds(self, part: Any, encoding: str) -> tuple[int, int]:
         if not isinstance(part, Mapping):
-            return self._count_value(part, encoding)
-        kind = part.get("type")
-        if kind == "text":
-            return self.count_text(part.get("text") or "", encoding)
-        if kind == "image_url":
-            image = part.get("image_url")
-            detail = image.get("detail") if isinstance(image, Mapping) else None
-            return IMAGE_TOKENS_LOW_DETAIL if detail == "low" else IMAGE_TOKENS_HIGH_DETAIL
-        return sum(
-            self._count_value(value, encoding) for key, value in part.items() if key != "type"
-        )
+            return self._value_bounds(part, encoding)
+        if part.get("type") == "text":
+            tokens = self.count_text(part.get("text") or "", encoding)
+            return tokens, tokens
+        billed = part_tokens(part)
+        if billed is None:
+            return _sum_bounds(
+                self._value_bounds(value, encoding) for key, value in part.items() if key != "type"
+            )
+        if part.get("type") == "file" and isinstance(part.get("file"), Mapping):
+            name = part["file"].get("filename")
+            if isinstance(name, str):
+                tokens = self.count_text(name, encoding)
+                return billed.low + tokens, billed.high + tokens
+        return billed.low, billed.high
+
+
+def _sum_bounds(bounds: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    low = high = 0
+    for least, most in bounds:
+        low += least
+        high += most
+    return low, high
 
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """Price of one model in USD per million tokens."""
+    """Price of one model in USD per million tokens.
+
+    `cached_input_usd_per_1m` prices the prompt tokens the provider served from its prompt cache
+    (None: the full input price). Reasoning tokens are part of the completion tokens and billed
+    as output.
+    """
 
     input_usd_per_1m: float
     output_usd_per_1m: float
+    cached_input_usd_per_1m: float | None = None
 
     def __post_init__(self) -> None:
-        for field in ("input_usd_per_1m", "output_usd_per_1m"):
+        for field in ("input_usd_per_1m", "output_usd_per_1m", "cached_input_usd_per_1m"):
             value = getattr(self, field)
+            if value is None and field == "cached_input_usd_per_1m":
+                continue
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{field} must be a finite number >= 0, got {value!r}")
+
+
+class TokenUsage(NamedTuple):
+    """A response's `usage`: prompt tokens (of which `cached_input` came from the provider's
+    prompt cache) and completion tokens (of which `reasoning` were hidden reasoning).
+    A NamedTuple: one is built per response, and a frozen dataclass builds several times slower."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached_input: int = 0
+    reasoning: int = 0
+
+    @classmethod
+    def of(cls, usage: Mapping[str, Any] | None) -> TokenUsage:
+        if not usage:
+            return _NO_USAGE
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        cached = reasoning = 0
+        details = usage.get("prompt_tokens_details")
+        if details:
+            cached = int(details.get("cached_tokens") or 0)
+            if cached > prompt:  # a part never exceeds its whole, whatever a provider says
+                cached = prompt
+        details = usage.get("completion_tokens_details")
+        if details:
+            reasoning = int(details.get("reasoning_tokens") or 0)
+            if reasoning > completion:
+                reasoning = completion
+        return cls(prompt, completion, cached, reasoning)
+
+
+_NO_USAGE = TokenUsage()
 
 
 class UnknownModelPrice(KeyError):
@@ -147,11 +214,28 @@ class PriceTable:
             message = f"no price for model {model!r}; priced models: {known}"
             raise UnknownModelPrice(message) from None
 
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost(
+        self, model: str, prompt_tokens: int, completion_tokens: int, cached_input_tokens: int = 0
+    ) -> float:
+        """USD for a request; `cached_input_tokens` (of `prompt_tokens`) at the cached price."""
         price = self.price(model)
+        cached_price = price.cached_input_usd_per_1m
+        if cached_price is None or not cached_input_tokens:
+            return (
+                prompt_tokens * price.input_usd_per_1m + completion_tokens * price.output_usd_per_1m
+            ) / 1_000_000
+        cached = min(cached_input_tokens, prompt_tokens)
         return (
-            prompt_tokens * price.input_usd_per_1m + completion_tokens * price.output_usd_per_1m
+            (prompt_tokens - cached) * price.input_usd_per_1m
+            + cached * cached_price
+            + completion_tokens * price.output_usd_per_1m
         ) / 1_000_000
+
+    def cost_of(self, model: str, usage: TokenUsage) -> float:
+        """USD the provider charges for `usage`; 0 for a model without a price."""
+        if model not in self._prices:
+            return 0.0
+        return self.cost(model, usage.prompt, usage.completion, usage.cached_input)
 
     def worst_case(self, model: str, prompt_tokens: int, max_output_tokens: int) -> float:
         """The most a request can cost: every allowed output token generated.

@@ -1,23 +1,33 @@
-"""Exact-match response cache: canonical request keys, memory and Redis back ends, single flight.
+"""Exact-match response cache: canonical request keys, memory and Redis back ends, leases.
 
 A cache key must change whenever the answer could: it covers every field that affects the output,
 with the provider's defaults applied (a missing temperature is 1, not 0) and unknown fields kept (a
 needless miss is cheap, a wrong hit is not). Fields that only affect delivery or bookkeeping
 (`user`, `stream`, ...) are left out so that streamed and non-streamed callers share entries.
 
-Invalidation bumps a namespace version (global, or one model's) that is part of every key: O(1),
-seen by every replica at once, and old entries simply age out.
+With `cache.scope: key` the client key's name is part of every key (tenants never share answers);
+with `global` every key shares one entry per request.
+
+Invalidation bumps a namespace version (global, one model's, one client key's, or one key's for
+one model) that is part of every key: O(1), seen by every replica at once, and old entries simply
+age out.
+
+A lookup may take a lease on a missing entry (`SET NX PX`, in the same script as the lookup): the
+first caller of a request holds it until its answer is stored (or it fails), so other callers,
+in any process, wait for the entry instead of calling the provider too (app/single_flight.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import itertools
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 
 import orjson
 import redis.asyncio as aioredis
@@ -29,7 +39,8 @@ from app.redis_backend import (
     unavailable_on_error,
 )
 
-T = TypeVar("T")
+# How long a lookup's lease on a missing entry lasts unless the answer is stored or fails first.
+DEFAULT_LEASE_S = 30.0
 
 # Part of every digest: bump it when canonicalisation rules change so old entries stop matching.
 KEY_SCHEMA_VERSION = 1
@@ -139,19 +150,41 @@ def is_deterministic(canonical: dict) -> bool:
     return canonical.get("temperature") == 0 or canonical.get("seed") is not None
 
 
-def request_digest(canonical: dict) -> str:
+def request_digest(canonical: dict, scope: str | None = None) -> str:
+    """The request's digest; `scope` (a client key's name) makes it that key's alone."""
     payload = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(b"%d\n%s" % (KEY_SCHEMA_VERSION, payload)).hexdigest()
+    if scope is None:
+        return hashlib.sha256(b"%d\n%s" % (KEY_SCHEMA_VERSION, payload)).hexdigest()
+    name = scope.encode()
+    header = b"%d\nkey:%d:%s\n" % (KEY_SCHEMA_VERSION, len(name), name)
+    return hashlib.sha256(header + payload).hexdigest()
+
+
+LeaseState = Literal["none", "acquired", "taken_over", "held"]
+
+
+@dataclass(slots=True)
+class Lookup:
+    """A lookup's answer: the entry (or None) and, on a miss, the lease: `acquired` by this
+    caller (it was free or had expired), `taken_over` from a holder whose call failed, `held` by
+    another, or `none` (not asked for, or the back end could not say)."""
+
+    value: bytes | None
+    lease: LeaseState = "none"
 
 
 class ResponseCache(Protocol):
-    async def key_for(self, canonical: dict) -> str: ...
+    async def key_for(self, canonical: dict, scope: str | None = None) -> str: ...
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def lookup(self, key: str, lease: bool) -> Lookup: ...
+
     async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None: ...
 
-    async def invalidate(self, model: str | None = None) -> None: ...
+    async def release(self, key: str) -> None: ...
+
+    async def invalidate(self, model: str | None = None, scope: str | None = None) -> None: ...
 
 
 def _check_ttl(ttl_s: int) -> int:
@@ -164,25 +197,36 @@ class MemoryResponseCache:
     """In-process LRU with per-entry TTL, bounded by `max_entries`."""
 
     def __init__(
-        self, max_entries: int, ttl_s: int, clock: Callable[[], float] = time.monotonic
+        self,
+        max_entries: int,
+        ttl_s: int,
+        clock: Callable[[], float] = time.monotonic,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         if not isinstance(max_entries, int) or max_entries < 1:
             raise ValueError(f"max_entries must be an integer >= 1, got {max_entries!r}")
         self._max_entries = max_entries
         self._ttl_s = _check_ttl(ttl_s)
         self._clock = clock
+        self._lease_s = lease_s
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        # key -> lease expiry, negated once released; gone once the entry is stored.
+        self._leases: dict[str, float] = {}
         self._global_version = 0
-        self._model_versions: dict[str, int] = {}
+        # Versions per model, per client key (scope) and per (client key, model).
+        self._versions: dict[tuple[str | None, str | None], int] = {}
         self.evictions_total = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def key_for(self, canonical: dict) -> str:
+    async def key_for(self, canonical: dict, scope: str | None = None) -> str:
         model = canonical["model"]
-        version = f"{self._global_version}.{self._model_versions.get(model, 0)}"
-        return f"{version}:{request_digest(canonical)}"
+        version = f"{self._global_version}.{self._versions.get((None, model), 0)}"
+        if scope is not None:
+            scoped = self._versions.get((scope, None), 0), self._versions.get((scope, model), 0)
+            version = f"{version}.{scoped[0]}.{scoped[1]}"
+        return f"{version}:{request_digest(canonical, scope)}"
 
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
@@ -195,34 +239,72 @@ class MemoryResponseCache:
         self._entries.move_to_end(key)
         return value
 
+    async def lookup(self, key: str, lease: bool) -> Lookup:
+        value = await self.get(key)
+        if value is not None or not lease:
+            return Lookup(value)
+        now = self._clock()
+        expiry = self._leases.get(key, 0.0)
+        if expiry > now:
+            return Lookup(None, "held")
+        self._leases[key] = now + self._lease_s
+        if len(self._leases) > self._max_entries:  # bounded: forget leases past their expiry
+            self._leases = {k: t for k, t in self._leases.items() if abs(t) > now}
+        return Lookup(None, "taken_over" if -expiry > now else "acquired")
+
     async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
         ttl = self._ttl_s if ttl_s is None else _check_ttl(ttl_s)
+        self._leases.pop(key, None)
         self._entries[key] = (self._clock() + ttl, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
             self.evictions_total += 1
 
-    async def invalidate(self, model: str | None = None) -> None:
-        if model is None:
+    async def release(self, key: str) -> None:
+        expiry = self._leases.get(key, 0.0)
+        if expiry > 0:
+            self._leases[key] = -expiry
+
+    async def invalidate(self, model: str | None = None, scope: str | None = None) -> None:
+        if model is None and scope is None:
             self._global_version += 1
             self._entries.clear()
         else:
             # Entries under the old version are unreachable now and leave by LRU or TTL.
-            self._model_versions[model] = self._model_versions.get(model, 0) + 1
+            self._versions[(scope, model)] = self._versions.get((scope, model), 0) + 1
 
 
 _LUA_DIR = Path(__file__).parent / "lua"
 _DIGEST_LENGTH = 64
+_LEASE_STATES: dict[int, LeaseState] = {0: "held", 1: "acquired", 2: "taken_over"}
+# Lease tokens: a random per-process part and a sequence number.
+_LEASE_OWNER = os.urandom(6).hex()
+_LEASE_SEQUENCE = itertools.count()
+
+
+class CacheKey(str):
+    """A Redis cache key: the string `<digest>:<model>` (its identity), carrying its parts and
+    the client key's name when the cache is scoped per key (the digest covers that name too)."""
+
+    digest: str
+    model: str
+    scope: str | None
+
+    def __new__(cls, digest: str, model: str, scope: str | None = None) -> CacheKey:
+        key = super().__new__(cls, f"{digest}:{model}")
+        key.digest, key.model, key.scope = digest, model, scope
+        return key
 
 
 class RedisResponseCache:
     """Response cache in Redis shared by every replica; one script call per lookup and per store.
 
-    `key_for` needs no round trip: its key names the model and the request digest. `get` resolves
-    the namespace versions and reads the entry in one script, and remembers the versions it saw;
-    `set` stores under those versions only if they are still current, so an answer computed before
-    an invalidation is never stored under the new namespace.
+    `key_for` needs no round trip: its key names the model, the client key (scoped) and the request
+    digest. `lookup` resolves the namespace versions, reads the entry and, on a miss, may take the
+    lease in one script, and remembers the versions it saw; `set` stores under those versions only
+    if they are still current (so an answer computed before an invalidation is never stored under
+    the new namespace) and drops the lease in the same script.
     """
 
     def __init__(
@@ -231,55 +313,95 @@ class RedisResponseCache:
         ttl_s: int,
         prefix: str = "liftoff",
         max_pending: int = 10_000,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self._redis = redis
         self._ttl_s = _check_ttl(ttl_s)
         self._prefix = f"{prefix}:cache"
+        self._lease_ms = max(1, round(lease_s * 1000))
         self._get = register_script(redis, (_LUA_DIR / "cache_get.lua").read_text())
         self._set = register_script(redis, (_LUA_DIR / "cache_set.lua").read_text())
-        # Versions seen by get() for keys that may be set next; bounded, oldest dropped first (a
-        # dropped key is then stored under the versions current at set time).
-        self._seen: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
+        self._release = register_script(redis, (_LUA_DIR / "cache_release.lua").read_text())
+        # Namespace versions seen by lookups for keys that may be set next, and the leases this
+        # process holds (namespace, token); bounded, oldest dropped first (a dropped key is then
+        # stored under the versions current at set time, a dropped lease expires by itself).
+        self._seen: OrderedDict[str, bytes] = OrderedDict()
+        self._held: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._max_pending = max_pending
 
-    def _version_keys(self, model: str) -> list[str]:
-        return [f"{self._prefix}:ns", f"{self._prefix}:ns:{model}"]
+    def _version_keys(self, model: str, scope: str | None) -> list[str]:
+        keys = [f"{self._prefix}:ns", f"{self._prefix}:ns:{model}"]
+        if scope is not None:
+            # Length-prefixed: no key name and model name pair can spell another's version key.
+            scoped = f"{self._prefix}:ns:key:{len(scope)}:{scope}"
+            keys += [scoped, f"{scoped}:{model}"]
+        return keys
 
     @staticmethod
-    def _split(key: str) -> tuple[str, str]:
+    def _parts(key: str) -> tuple[str, str, str | None]:
+        if isinstance(key, CacheKey):
+            return key.digest, key.model, key.scope
         if len(key) <= _DIGEST_LENGTH + 1 or key[_DIGEST_LENGTH] != ":":
             raise ValueError("not a key made by RedisResponseCache.key_for")
-        return key[:_DIGEST_LENGTH], key[_DIGEST_LENGTH + 1 :]
+        return key[:_DIGEST_LENGTH], key[_DIGEST_LENGTH + 1 :], None
 
-    async def key_for(self, canonical: dict) -> str:
-        return f"{request_digest(canonical)}:{canonical['model']}"
+    async def key_for(self, canonical: dict, scope: str | None = None) -> str:
+        return CacheKey(request_digest(canonical, scope), canonical["model"], scope)
 
     async def get(self, key: str) -> bytes | None:
-        digest, model = self._split(key)
+        return (await self.lookup(key, lease=False)).value
+
+    async def lookup(self, key: str, lease: bool) -> Lookup:
+        digest, model, scope = self._parts(key)
+        token = f"{_LEASE_OWNER}:{next(_LEASE_SEQUENCE)}" if lease else ""
         with unavailable_on_error("cache get"):
-            global_version, model_version, value = await self._get(
-                keys=self._version_keys(model), args=[f"{self._prefix}:", digest]
+            namespace, value, leased = await self._get(
+                keys=self._version_keys(model, scope),
+                args=[f"{self._prefix}:", digest, self._lease_ms if lease else 0, token],
             )
-        self._seen[key] = (global_version, model_version)
-        self._seen.move_to_end(key)
-        if len(self._seen) > self._max_pending:
-            self._seen.popitem(last=False)
-        return value
+        _remember(self._seen, key, namespace, self._max_pending)
+        if leased in (1, 2):
+            _remember(self._held, key, (namespace, token), self._max_pending)
+        if value is not None or not lease:
+            return Lookup(value)
+        return Lookup(None, _LEASE_STATES[leased])
 
     async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
         ttl = self._ttl_s if ttl_s is None else _check_ttl(ttl_s)
-        digest, model = self._split(key)
-        seen_global, seen_model = self._seen.pop(key, (b"", b""))
+        digest, model, scope = self._parts(key)
+        seen = self._seen.pop(key, b"")
+        self._held.pop(key, None)  # the store drops the lease
         with unavailable_on_error("cache set"):
             await self._set(
-                keys=self._version_keys(model),
-                args=[f"{self._prefix}:", digest, value, ttl * 1000, seen_global, seen_model],
+                keys=self._version_keys(model, scope),
+                args=[f"{self._prefix}:", digest, value, ttl * 1000, seen],
             )
 
-    async def invalidate(self, model: str | None = None) -> None:
-        global_key, model_key = self._version_keys(model or "")
+    async def release(self, key: str) -> None:
+        """Give up the lease this lookup took (the call failed): a waiter takes over at once."""
+        held = self._held.pop(key, None)
+        if held is None:
+            return
+        digest, _, _ = self._parts(key)
+        lease_key = f"{self._prefix}:lease:{held[0].decode()}:{digest}"
+        with unavailable_on_error("cache release"):
+            await self._release(keys=[lease_key], args=[held[1]])
+
+    async def invalidate(self, model: str | None = None, scope: str | None = None) -> None:
+        keys = self._version_keys(model or "", scope)
+        if scope is None:
+            version_key = keys[0] if model is None else keys[1]
+        else:
+            version_key = keys[2] if model is None else keys[3]
         with unavailable_on_error("cache invalidate"):
-            await self._redis.incr(global_key if model is None else model_key)
+            await self._redis.incr(version_key)
+
+
+def _remember(table: OrderedDict[str, Any], key: str, value: Any, bound: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    if len(table) > bound:
+        table.popitem(last=False)
 
 
 class ResilientCache:
@@ -299,15 +421,18 @@ class ResilientCache:
     def state(self) -> str:
         return self.health.state
 
-    async def key_for(self, canonical: dict) -> str:
-        return await self.inner.key_for(canonical)
+    async def key_for(self, canonical: dict, scope: str | None = None) -> str:
+        return await self.inner.key_for(canonical, scope)
 
     async def get(self, key: str) -> bytes | None:
+        return (await self.lookup(key, lease=False)).value
+
+    async def lookup(self, key: str, lease: bool) -> Lookup:
         try:
-            return await self.health.call(lambda: self.inner.get(key))
+            return await self.health.call(lambda: self.inner.lookup(key, lease))
         except BackendUnavailable:
             self.errors_total += 1
-            return None
+            return Lookup(None)
 
     async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
         try:
@@ -315,42 +440,11 @@ class ResilientCache:
         except BackendUnavailable:
             self.errors_total += 1
 
-    async def invalidate(self, model: str | None = None) -> None:
-        await self.health.call(lambda: self.inner.invalidate(model))
+    async def release(self, key: str) -> None:
+        try:
+            await self.health.call(lambda: self.inner.release(key))
+        except BackendUnavailable:
+            self.errors_total += 1  # the lease expires by itself
 
-
-class SingleFlight:
-    """Concurrent callers with the same key share one call of the factory.
-
-    The shared call runs as its own task: a caller that is cancelled stops waiting without
-    cancelling the call for the others; its result or exception reaches every waiter. At most
-    `max_keys` calls are tracked; beyond that callers run their own call (bounded memory).
-    """
-
-    def __init__(self, max_keys: int = 10_000) -> None:
-        self._max_keys = max_keys
-        self._calls: dict[Hashable, asyncio.Future[Any]] = {}
-        self.calls_total = 0  # factory calls made
-        self.shared_total = 0  # callers served by another caller's call
-
-    def __len__(self) -> int:
-        return len(self._calls)
-
-    async def run(self, key: Hashable, factory: Callable[[], Awaitable[T]]) -> T:
-        call = self._calls.get(key)
-        if call is None:
-            self.calls_total += 1
-            if len(self._calls) >= self._max_keys:
-                return await factory()
-            call = asyncio.ensure_future(factory())
-            self._calls[key] = call
-            call.add_done_callback(lambda done: self._finished(key, done))
-        else:
-            self.shared_total += 1
-        return await asyncio.shield(call)
-
-    def _finished(self, key: Hashable, call: asyncio.Future[Any]) -> None:
-        # (No need to retrieve an exception here: asyncio.shield marks it retrieved for waiters
-        # that were cancelled, and the others receive it.)
-        if self._calls.get(key) is call:
-            del self._calls[key]
+    async def invalidate(self, model: str | None = None, scope: str | None = None) -> None:
+        await self.health.call(lambda: self.inner.invalidate(model, scope))

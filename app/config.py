@@ -120,6 +120,10 @@ class ModelSpec(_Section):
     default_max_tokens: int = Field(ge=1)
     input_usd_per_1m: float = Field(ge=0)
     output_usd_per_1m: float = Field(ge=0)
+    # Prompt tokens the provider served from its prompt cache; null: billed as input_usd_per_1m.
+    cached_input_usd_per_1m: float | None = Field(None, ge=0)
+    # The model also spends hidden reasoning tokens, billed as output within its completion cap.
+    reasoning: bool = False
     encoding: Literal["o200k_base", "cl100k_base"] = "o200k_base"
     fallbacks: tuple[str, ...] = ()
 
@@ -134,6 +138,12 @@ class ModelSpec(_Section):
             raise ValueError(
                 f"max_output_tokens ({self.max_output_tokens}) must be <= "
                 f"context_window ({self.context_window})"
+            )
+        cached = self.cached_input_usd_per_1m
+        if cached is not None and cached > self.input_usd_per_1m:
+            raise ValueError(
+                f"cached_input_usd_per_1m ({cached}) must be <= "
+                f"input_usd_per_1m ({self.input_usd_per_1m})"
             )
         return self
 
@@ -176,11 +186,23 @@ class CacheConfig(_Section):
     enabled: bool = True
     ttl_s: int = Field(3600, ge=1, le=30 * 86400)
     max_entries: int = Field(10_000, ge=1, le=10_000_000)
+    scope: Literal["key", "global"] = Field(
+        "key", description="key: each client key has its own entries; global: keys share them"
+    )
+    single_flight_wait_s: float = Field(
+        30,
+        gt=0,
+        le=600,
+        description="lease on a missing entry; identical requests wait this long for it at most",
+    )
 
 
 class LimitsConfig(_Section):
     default_rpm: int | None = Field(600, ge=1)
     default_tpm: int | None = Field(200_000, ge=1)
+    # Answers from the gateway's cache cost the provider nothing: by default they do not count
+    # against tokens per minute (their reservation is given back in full).
+    count_cache_hits_tokens: bool = False
     on_redis_failure: Literal["local", "open", "closed"] = "local"
 
 

@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from app import cache as cache_mod
-from app.accounting import ModelPrice, PriceTable, TokenCounter, month_key
+from app.accounting import ModelPrice, PriceTable, TokenCounter, TokenUsage, month_key
 from app.auth import ClientKey, KeyRing, parse_client_keys
 from app.config import GatewayConfig
 from app.errors import (
@@ -57,6 +57,7 @@ from app.log import AccessLog
 from app.log import request_id as request_id_var
 from app.metrics import Metrics
 from app.redis_backend import BackendUnavailable, create_redis
+from app.replay import as_hit, replay
 from app.schemas import (
     ParsedRequest,
     apply_token_limits,
@@ -66,7 +67,8 @@ from app.schemas import (
     validate_completions,
 )
 from app.secrets import CLIENT_KEYS, REDIS_AUTH_TOKEN, UPSTREAM_API_KEY, SecretStore
-from app.streaming import StreamRelay, error_event, replay
+from app.single_flight import CacheFlights
+from app.streaming import StreamRelay, error_event
 from app.upstream import CallStats, Stream, UpstreamClient, parse_duration
 
 log = logging.getLogger("liftoff.gateway")
@@ -112,9 +114,8 @@ def json_response(
     return Response(orjson.dumps(payload), status, headers, media_type="application/json")
 
 
-def _body_usage(body: dict[str, Any]) -> tuple[int, int]:
-    usage = body.get("usage") or {}
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+def _body_usage(body: dict[str, Any]) -> TokenUsage:
+    return TokenUsage.of(body.get("usage"))
 
 
 class Gateway:
@@ -126,7 +127,9 @@ class Gateway:
         self.counter = TokenCounter()
         self.prices = PriceTable(
             {
-                name: ModelPrice(spec.input_usd_per_1m, spec.output_usd_per_1m)
+                name: ModelPrice(
+                    spec.input_usd_per_1m, spec.output_usd_per_1m, spec.cached_input_usd_per_1m
+                )
                 for name, spec in config.models.catalog.items()
             }
         )
@@ -137,7 +140,7 @@ class Gateway:
         self.upstream: UpstreamClient | None = None
         self.redis: Any = None
         self.cache: Any = None
-        self.single_flight = cache_mod.SingleFlight()
+        self.flights: CacheFlights | None = None  # single flight for cacheable requests
         self.limits: Any = None
         self.batcher: Any = None
         self.simulator: Any = None
@@ -191,6 +194,7 @@ class Gateway:
             lambda: self.secrets.refresh(UPSTREAM_API_KEY),
         )
         await self.upstream.start()
+        hits_count = cfg.limits.count_cache_hits_tokens
         if cfg.redis.url:
             self.redis = create_redis(
                 cfg.redis.url,
@@ -200,14 +204,27 @@ class Gateway:
                 max_connections=cfg.redis.max_connections,
             )
             self.cache = cache_mod.ResilientCache(
-                cache_mod.RedisResponseCache(self.redis, cfg.cache.ttl_s)
+                cache_mod.RedisResponseCache(
+                    self.redis, cfg.cache.ttl_s, lease_s=cfg.cache.single_flight_wait_s
+                )
             )
             self.limits = ResilientLimitStore(
-                RedisLimitStore(self.redis), MemoryLimitStore(), cfg.limits.on_redis_failure
+                RedisLimitStore(self.redis, count_cache_hits_tokens=hits_count),
+                MemoryLimitStore(count_cache_hits_tokens=hits_count),
+                cfg.limits.on_redis_failure,
             )
         else:
-            self.cache = cache_mod.MemoryResponseCache(cfg.cache.max_entries, cfg.cache.ttl_s)
-            self.limits = MemoryLimitStore()
+            self.cache = cache_mod.MemoryResponseCache(
+                cfg.cache.max_entries, cfg.cache.ttl_s, lease_s=cfg.cache.single_flight_wait_s
+            )
+            self.limits = MemoryLimitStore(count_cache_hits_tokens=hits_count)
+        self.flights = CacheFlights(
+            self.cache,
+            cfg.cache.single_flight_wait_s,
+            self.after,
+            self.metrics.single_flight_waits.inc,
+            self.metrics.single_flight_timeouts.inc,
+        )
         if cfg.batching.enabled:
             from app.batching import CompletionBatcher
 
@@ -406,11 +423,15 @@ class Gateway:
         encoding = parsed.spec.encoding
         if parsed.kind == "chat":
             body = parsed.body
-            tokens = self.counter.count_messages(body["messages"], encoding)
+            # Non-text parts are only bounded: the context check takes the fewest tokens they can
+            # cost, limits and budgets reserve the most (never more than the context window).
+            low, high = self.counter.count_message_bounds(body["messages"], encoding)
             for name in ("tools", "functions"):
                 if isinstance(body.get(name), list):
-                    tokens += self.counter.count_tools(body[name], encoding)
-            return tokens, tokens
+                    tools = self.counter.count_tools(body[name], encoding)
+                    low += tools
+                    high += tools
+            return low, min(high, parsed.spec.context_window)
         counts = [self.counter.count_text(p, encoding) for p in parsed.prompts]
         return max(counts), sum(counts)
 
@@ -458,14 +479,17 @@ class Gateway:
             return "use"
         return "use" if cache_mod.is_deterministic(canonical) else "bypass"
 
-    async def _lookup(self, canonical: dict[str, Any]) -> tuple[str | None, bytes | None]:
-        """(cache key, cached answer); a failing cache is a miss that stores nothing."""
+    async def _lookup(
+        self, canonical: dict[str, Any], key_name: str, lease: bool
+    ) -> tuple[str | None, cache_mod.Lookup]:
+        """(cache key, lookup); a failing cache is a miss that stores nothing."""
+        scope = key_name if self.config.cache.scope == "key" else None
         try:
-            key = await self.cache.key_for(canonical)
-            return key, await self.cache.get(key)
+            key = await self.cache.key_for(canonical, scope)
+            return key, await self.cache.lookup(key, lease)
         except Exception as exc:
             log.warning("cache lookup failed: %s", type(exc).__name__)
-            return None, None
+            return None, cache_mod.Lookup(None)
 
     # --- the pipeline ------------------------------------------------------------------------
 
@@ -503,12 +527,15 @@ class Gateway:
             budgets.soft_fraction,
         )
         cache_key: str | None = None
-        cached: bytes | None = None
+        found = cache_mod.Lookup(None)
+        admission = None
         lookup = None
         early: asyncio.Task[Stream] | None = None
         if mode == "use":
             # Started first, awaited after the admission: both commands leave in one Redis write.
-            lookup = asyncio.ensure_future(self._lookup(canonical))
+            # A JSON request's lookup may take the single-flight lease (same script, no extra
+            # round trip); a stream never waits for another's answer, so it takes none.
+            lookup = asyncio.ensure_future(self._lookup(canonical, key.name, not parsed.stream))
         elif (
             parsed.stream
             and not self.config.upstream.moderation.enabled
@@ -531,7 +558,9 @@ class Gateway:
             if lookup is not None:
                 # The lookup never raises; awaited even when admission failed, so it never
                 # outlives the request.
-                cache_key, cached = await lookup
+                cache_key, found = await lookup
+                if admission is None:
+                    self.flights.abandon(cache_key, found)
         if early is not None and not admission.allowed:
             _abandon_stream(early)
         ctx.admitted = True
@@ -546,6 +575,7 @@ class Gateway:
         if not admission.allowed:
             self.metrics.child(self.metrics.rate_limited, admission.reason).inc()
             log.info("rate limited", extra={"key": key.name, "reason": admission.reason})
+            self.flights.abandon(cache_key, found)
             raise RateLimited(admission.reason, admission.retry_after_s, admission.headers)
         if admission.soft_exceeded:
             self.metrics.child(self.metrics.budget_soft, key.name).inc()
@@ -555,10 +585,10 @@ class Gateway:
             )
         reservation = admission.reservation
 
-        if cached is not None:
+        if found.value is not None:
             ctx.cache = "hit"
             self.metrics.child(self.metrics.cache, "hit").inc()
-            return self._serve_cached(parsed, cached, reservation, ctx)
+            return self._serve_cached(parsed, found.value, reservation, ctx)
         ctx.cache = "miss" if mode == "use" else "bypass"
         self.metrics.child(self.metrics.cache, ctx.cache).inc()
         try:
@@ -573,8 +603,9 @@ class Gateway:
                 return await self._stream(
                     request, parsed, body, reservation, cache_key, ctx, opening
                 )
-            return await self._complete(request, parsed, body, reservation, cache_key, ctx)
+            return await self._complete(request, parsed, body, reservation, cache_key, ctx, found)
         except BaseException:
+            self.flights.abandon(cache_key, found)
             if early is not None:
                 _abandon_stream(early)
             if reservation is not None:
@@ -603,7 +634,8 @@ class Gateway:
     async def _open_stream(self, parsed: ParsedRequest, body: dict[str, Any], ctx: Ctx) -> Stream:
         path = "/v1/chat/completions" if parsed.kind == "chat" else "/v1/completions"
         # Always ask for usage: it is what the budget is settled with.
-        upstream_body = {**body, "stream_options": {"include_usage": True}}
+        options = {**(body.get("stream_options") or {}), "include_usage": True}
+        upstream_body = {**body, "stream_options": options}
         return await self.upstream.open_stream(
             path, upstream_body, parsed.model, ctx.stats, self.forward_headers(ctx)
         )
@@ -611,20 +643,23 @@ class Gateway:
     def _serve_cached(
         self, parsed: ParsedRequest, cached: bytes, reservation: Any, ctx: Ctx
     ) -> Response:
-        response = orjson.loads(cached)
-        prompt, completion = _body_usage(response)
+        response, origin = as_hit(cached, parsed.kind)  # a fresh id: a hit is its own response
+        ctx.headers.update(origin)
+        usage = _body_usage(response)
         model = response.get("model") or parsed.model
-        saved = self.prices.cost(parsed.model, prompt, completion)
+        saved = self.prices.cost_of(parsed.model, usage)
         if reservation is not None:
-            self.after(self.limits.settle(reservation, 0.0, prompt, completion, True, saved))
-        self.metrics.child(self.metrics.cache_saved_tokens, parsed.model).inc(prompt + completion)
+            self._settle(reservation, usage, 0.0, saved)
+        self.metrics.child(self.metrics.cache_saved_tokens, parsed.model).inc(
+            usage.prompt + usage.completion
+        )
         self.metrics.child(self.metrics.cache_saved_usd, parsed.model).inc(saved)
         ctx.headers["x-liftoff-cache"] = "hit"
         self._log_completion(ctx, response)
         if parsed.stream:
             events = replay(response, parsed.kind, parsed.include_usage)
             return self._sse_response(iter_list(events), ctx, stream_model=model)
-        return Response(cached, 200, media_type="application/json")
+        return json_response(response)
 
     async def _call(
         self, request: Request, parsed: ParsedRequest, body: dict[str, Any], ctx: Ctx
@@ -664,6 +699,7 @@ class Gateway:
         reservation: Any,
         cache_key: str | None,
         ctx: Ctx,
+        found: cache_mod.Lookup,
     ) -> Response:
         leader = False
 
@@ -674,31 +710,32 @@ class Gateway:
 
         if cache_key is not None:
             started = time.perf_counter()
-            data, served_by = await self.single_flight.run(cache_key, call)
+            data, served_by = await self.flights.run(cache_key, found, call)
             if not leader:
                 ctx.waited_s += time.perf_counter() - started
         else:
             data, served_by = await call()
+        shared = not leader and cache_key is not None  # answered by another request's call
         try:
-            response = orjson.loads(data)
+            response, origin = as_hit(data, parsed.kind) if shared else (orjson.loads(data), {})
         except orjson.JSONDecodeError:
             raise UpstreamError(502, detail="the provider's 200 answer is not JSON") from None
-        prompt, completion = _body_usage(response)
-        if leader or cache_key is None:
-            cost = (
-                self.prices.cost(served_by, prompt, completion) if served_by in self.prices else 0.0
-            )
+        usage = _body_usage(response)
+        if not shared:
+            cost = self.prices.cost_of(served_by, usage)
             if reservation is not None:
-                self.after(self.limits.settle(reservation, cost, prompt, completion))
-            self._count_usage(served_by, prompt, completion, cost)
+                self._settle(reservation, usage, cost)
+            self._count_usage(served_by, usage, cost)
             if cache_key is not None:
-                self.after(self.cache.set(cache_key, data))
+                self.flights.store(cache_key)  # with the settlement: one Redis write
         else:
             # A follower of single flight: the answer was bought once, by the leader.
             ctx.cache = "hit"
-            saved = self.prices.cost(parsed.model, prompt, completion)
+            ctx.headers.update(origin)
+            data = orjson.dumps(response)
+            saved = self.prices.cost_of(parsed.model, usage)
             if reservation is not None:
-                self.after(self.limits.settle(reservation, 0.0, prompt, completion, True, saved))
+                self._settle(reservation, usage, 0.0, saved)
             self.metrics.child(self.metrics.cache_saved_usd, parsed.model).inc(saved)
         ctx.headers["x-liftoff-cache"] = ctx.cache or "bypass"
         self._log_completion(ctx, response)
@@ -712,10 +749,30 @@ class Gateway:
             for c in response.get("choices") or []
         ]
 
-    def _count_usage(self, model: str, prompt: int, completion: int, cost: float) -> None:
+    def _settle(
+        self, reservation: Any, usage: TokenUsage, cost: float, saved: float | None = None
+    ) -> None:
+        """Settle after the response; `saved` is given for an answer the provider did not make."""
+        settle = self.limits.settle(
+            reservation,
+            cost,
+            usage.prompt,
+            usage.completion,
+            saved is not None,
+            saved or 0.0,
+            usage.cached_input,
+            usage.reasoning,
+        )
+        self.after(settle)
+
+    def _count_usage(self, model: str, usage: TokenUsage, cost: float) -> None:
         m = self.metrics
-        m.child(m.tokens, model, "prompt").inc(prompt)
-        m.child(m.tokens, model, "completion").inc(completion)
+        m.child(m.tokens, model, "prompt").inc(usage.prompt)
+        m.child(m.tokens, model, "completion").inc(usage.completion)
+        if usage.cached_input:
+            m.child(m.tokens, model, "cached_input").inc(usage.cached_input)
+        if usage.reasoning:
+            m.child(m.tokens, model, "reasoning").inc(usage.reasoning)
         m.child(m.cost, model).inc(cost)
 
     async def _stream(
@@ -799,15 +856,18 @@ class Gateway:
         outcome: str,
     ) -> None:
         if relay.usage:
-            prompt = int(relay.usage.get("prompt_tokens") or 0)
-            completion = int(relay.usage.get("completion_tokens") or 0)
+            usage = TokenUsage.of(relay.usage)
+        elif parsed.spec.reasoning:
+            # No usage chunk (the stream broke) from a model whose hidden reasoning tokens never
+            # show in the stream: charge the cap, all of which it may have spent.
+            usage = TokenUsage(parsed.prompt_tokens, parsed.worst_case_output_tokens)
         else:
             # No usage chunk (the stream broke): charge what we know was produced.
-            prompt, completion = parsed.prompt_tokens, relay.chunks
-        cost = self.prices.cost(served_by, prompt, completion) if served_by in self.prices else 0.0
+            usage = TokenUsage(parsed.prompt_tokens, relay.chunks)
+        cost = self.prices.cost_of(served_by, usage)
         if reservation is not None:
-            self.after(self.limits.settle(reservation, cost, prompt, completion))
-        self._count_usage(served_by, prompt, completion, cost)
+            self._settle(reservation, usage, cost)
+        self._count_usage(served_by, usage, cost)
         answer = relay.assembled() if outcome == "complete" else None
         if answer is not None:
             if cache_key is not None:
@@ -890,11 +950,32 @@ class Gateway:
             resolved = self.config.models.resolve(model)
             if resolved is None:
                 raise InvalidRequest(f"Unknown model '{model}'.", "model", "model_not_found")
-        await self.cache.invalidate(resolved)
-        log.info("cache invalidated", extra={"model": resolved or "*", "by": key.name})
-        return json_response(
-            {"object": "cache.invalidation", "model": resolved, "invalidated": True}
+        scope = self._invalidation_scope(body.get("key"))
+        await self.cache.invalidate(resolved, scope)
+        log.info(
+            "cache invalidated",
+            extra={"model": resolved or "*", "cache_key_scope": scope or "*", "by": key.name},
         )
+        return json_response(
+            {"object": "cache.invalidation", "model": resolved, "key": scope, "invalidated": True}
+        )
+
+    def _invalidation_scope(self, name: Any) -> str | None:
+        """The client key whose entries an invalidation is limited to (None: every key's)."""
+        if name is None:
+            return None
+        if not isinstance(name, str):
+            raise InvalidRequest("Invalid type for 'key': expected a string.", "key")
+        if self.config.cache.scope != "key":
+            raise InvalidRequest(
+                "'key' needs cache.scope = key: with cache.scope = global every client key shares "
+                "the entries, invalidate by 'model' or everything.",
+                "key",
+                "invalid_value",
+            )
+        if name not in self.policies:
+            raise InvalidRequest(f"Unknown client key '{name}'.", "key", "invalid_value")
+        return name
 
     def models_list(self) -> list[dict[str, Any]]:
         cfg = self.config.models

@@ -2,9 +2,12 @@
 
 `admit` checks requests-per-minute and tokens-per-minute (GCRA, a leaky bucket kept as one
 "theoretical arrival time" per key) and the key's and the deployment's monthly budgets, and reserves
-the request's worst-case cost, all in one step: one Lua script in Redis, or one critical section in
-process. A pre-check that reads a counter and writes it later lets concurrent requests through
-together; reserving the worst case up front is what keeps budgets from being overshot.
+the request's worst-case cost and tokens, all in one step: one Lua script in Redis, or one critical
+section in process. A pre-check that reads a counter and writes it later lets concurrent requests
+through together; reserving the worst case up front is what keeps limits and budgets from being
+overshot. `settle` then replaces both reservations by what the answer really used (the dollar cost,
+and the tokens: the arrival time moves back by the tokens not generated), in the same step that
+records the usage; `release` gives both back when the request failed.
 
 Both back ends run the same state transition (`gcra_next` here, mirrored line for line in
 `lua/admit.lua`) and hand their raw result to `build_admission`, so headers, retry times, budget
@@ -14,6 +17,7 @@ figures and soft thresholds are computed by one piece of code.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -51,7 +55,14 @@ REASONS: tuple[Reason, ...] = (
     "budget_key",
     "budget_global",
 )
-USAGE_INT_METRICS = ("prompt_tokens", "completion_tokens", "requests", "cache_hits")
+USAGE_INT_METRICS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_input_tokens",  # of prompt_tokens: served from the provider's prompt cache
+    "reasoning_tokens",  # of completion_tokens: hidden reasoning
+    "requests",
+    "cache_hits",
+)
 USAGE_FLOAT_METRICS = ("cost_usd", "saved_usd")
 
 
@@ -84,6 +95,9 @@ class Reservation:
     model: str
     month: str
     amount_usd: float
+    # Tokens held against tokens-per-minute (0 when the key has no tpm limit) and that limit.
+    tokens: int = 0
+    tpm: int | None = None
     # The store that made it: settle/release must go back to it (see ResilientLimitStore).
     owner: LimitStore | None = field(default=None, compare=False, repr=False)
     closed: bool = field(default=False, compare=False)
@@ -126,6 +140,8 @@ class LimitStore(Protocol):
         completion_tokens: int,
         cached: bool = False,
         saved_usd: float = 0.0,
+        cached_input_tokens: int = 0,
+        reasoning_tokens: int = 0,
     ) -> None: ...
 
     async def release(self, reservation: Reservation) -> None: ...
@@ -149,6 +165,20 @@ def gcra_next(tat: float, now: float, limit: int, cost: float) -> float:
 
 def gcra_fits(next_tat: float, now: float) -> bool:
     return next_tat - PERIOD_S <= now + EPSILON_S
+
+
+def token_shift_s(reservation: Reservation, used_tokens: int) -> float:
+    """How far settling moves the token arrival time: back by the reserved tokens not used
+    (forward when the answer used more than was reserved). 0 without a tpm limit."""
+    if not reservation.tpm:
+        return 0.0
+    return (used_tokens - reservation.tokens) * PERIOD_S / reservation.tpm
+
+
+def settled_tat(tat: float, now: float, shift_s: float) -> float | None:
+    """The token arrival time after a settlement's shift; None when the bucket is full again."""
+    after = max(tat, now) + shift_s
+    return after if after > now else None
 
 
 def format_duration(seconds: float) -> str:
@@ -235,7 +265,10 @@ def build_admission(
             soft = True
     reservation = None
     if admitted:
-        reservation = Reservation(policy.key_id, model, month, reserve, owner=owner)
+        held = tokens if policy.tpm is not None else 0
+        reservation = Reservation(
+            policy.key_id, model, month, reserve, held, policy.tpm, owner=owner
+        )
     return Admission(
         allowed=admitted,
         reason=reason,
@@ -261,19 +294,49 @@ def _check_admit_args(tokens: int, worst_case_usd: float, soft_fraction: float) 
 
 
 def _check_settle_args(
-    actual_usd: float, prompt_tokens: int, completion_tokens: int, saved_usd: float
+    actual_usd: float,
+    prompt_tokens: int,
+    completion_tokens: int,
+    saved_usd: float,
+    cached_input_tokens: int = 0,
+    reasoning_tokens: int = 0,
 ) -> None:
     for name, value in (("actual_usd", actual_usd), ("saved_usd", saved_usd)):
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    for name, value in (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens)):
+    for name, value in (
+        ("prompt_tokens", prompt_tokens),
+        ("completion_tokens", completion_tokens),
+        ("cached_input_tokens", cached_input_tokens),
+        ("reasoning_tokens", reasoning_tokens),
+    ):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def tpm_tokens_used(
+    prompt_tokens: int, completion_tokens: int, cached: bool, count_cache_hits_tokens: bool
+) -> int:
+    """What a settled request counts against tokens per minute: the provider's usage, and nothing
+    for an answer from the gateway's cache unless `limits.count_cache_hits_tokens`."""
+    if cached and not count_cache_hits_tokens:
+        return 0
+    return prompt_tokens + completion_tokens
 
 
 def usage_field(model: str, metric: str) -> str:
     # Metric first: model names may contain ":" (fine-tuned models), metric names never do.
     return f"{metric}:{model}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _usage_fields(model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A model's usage hash fields, integer and float ones (built once per model: settling runs
+    for every request)."""
+    return (
+        tuple(usage_field(model, m) for m in USAGE_INT_METRICS),
+        tuple(usage_field(model, m) for m in USAGE_FLOAT_METRICS),
+    )
 
 
 def settle_increments(
@@ -283,20 +346,17 @@ def settle_increments(
     completion_tokens: int,
     cached: bool,
     saved_usd: float,
+    cached_input_tokens: int = 0,
+    reasoning_tokens: int = 0,
 ) -> tuple[dict[str, int], dict[str, float]]:
     """The usage counters one settled request adds (zero increments left out)."""
-    model = reservation.model
-    ints = {
-        usage_field(model, "prompt_tokens"): prompt_tokens,
-        usage_field(model, "completion_tokens"): completion_tokens,
-        usage_field(model, "requests"): 1,
-        usage_field(model, "cache_hits"): int(cached),
-    }
-    floats = {
-        usage_field(model, "cost_usd"): actual_usd,
-        usage_field(model, "saved_usd"): saved_usd,
-    }
-    return {k: v for k, v in ints.items() if v}, {k: v for k, v in floats.items() if v}
+    int_names, float_names = _usage_fields(reservation.model)
+    ints = (prompt_tokens, completion_tokens, cached_input_tokens, reasoning_tokens, 1, int(cached))
+    floats = (actual_usd, saved_usd)
+    return (
+        {name: value for name, value in zip(int_names, ints, strict=True) if value},
+        {name: value for name, value in zip(float_names, floats, strict=True) if value},
+    )
 
 
 def key_usage(spent: float, reserved: float, fields: dict[str, float]) -> dict:
@@ -344,9 +404,11 @@ class MemoryLimitStore:
         self,
         clock: Callable[[], float] = time.time,
         retention_s: float = MONTH_RETENTION_S,
+        count_cache_hits_tokens: bool = False,
     ) -> None:
-        self._clock = clock
+        self.clock = clock  # public: tests drive the limiter with a fake clock
         self._retention_s = retention_s
+        self._count_cache_hits_tokens = count_cache_hits_tokens
         self._tats: dict[tuple[str, str], float] = {}
         self._months: dict[str, _Month] = {}
 
@@ -372,7 +434,7 @@ class MemoryLimitStore:
         soft_fraction: float,
     ) -> Admission:
         _check_admit_args(tokens, worst_case_usd, soft_fraction)
-        now = self._clock()
+        now = self.clock()
         month = month_key(now)
         data = self._month(month, now)
         key = policy.key_id
@@ -434,16 +496,24 @@ class MemoryLimitStore:
         completion_tokens: int,
         cached: bool = False,
         saved_usd: float = 0.0,
+        cached_input_tokens: int = 0,
+        reasoning_tokens: int = 0,
     ) -> None:
-        _check_settle_args(actual_usd, prompt_tokens, completion_tokens, saved_usd)
+        details = (cached_input_tokens, reasoning_tokens)
+        _check_settle_args(actual_usd, prompt_tokens, completion_tokens, saved_usd, *details)
         if not reservation.close():
             return
-        data = self._month(reservation.month, self._clock())
+        now = self.clock()
+        used = tpm_tokens_used(
+            prompt_tokens, completion_tokens, cached, self._count_cache_hits_tokens
+        )
+        self._settle_tokens(reservation, used, now)
+        data = self._month(reservation.month, now)
         self._unreserve(data, reservation)
         data.spent[reservation.key_id] += actual_usd
         data.global_spent += actual_usd
         ints, floats = settle_increments(
-            reservation, actual_usd, prompt_tokens, completion_tokens, cached, saved_usd
+            reservation, actual_usd, prompt_tokens, completion_tokens, cached, saved_usd, *details
         )
         counters = data.usage[reservation.key_id]
         for name, value in (ints | floats).items():
@@ -451,7 +521,20 @@ class MemoryLimitStore:
 
     async def release(self, reservation: Reservation) -> None:
         if reservation.close():
-            self._unreserve(self._month(reservation.month, self._clock()), reservation)
+            now = self.clock()
+            self._settle_tokens(reservation, 0, now)
+            self._unreserve(self._month(reservation.month, now), reservation)
+
+    def _settle_tokens(self, reservation: Reservation, used_tokens: int, now: float) -> None:
+        shift = token_shift_s(reservation, used_tokens)
+        if not shift:
+            return
+        key = (reservation.key_id, "tok")
+        after = settled_tat(self._tats.get(key, now), now, shift)
+        if after is None:
+            self._tats.pop(key, None)
+        else:
+            self._tats[key] = after
 
     @staticmethod
     def _unreserve(data: _Month, reservation: Reservation) -> None:
@@ -503,9 +586,11 @@ class RedisLimitStore:
         prefix: str = "liftoff",
         clock: Callable[[], float] = time.time,
         retention_s: int = MONTH_RETENTION_S,
+        count_cache_hits_tokens: bool = False,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._count_cache_hits_tokens = count_cache_hits_tokens
         # Only the accounting month comes from this clock; rate limits use Redis server TIME so
         # replicas with skewed clocks agree.
         self._clock = clock
@@ -572,18 +657,25 @@ class RedisLimitStore:
         completion_tokens: int,
         cached: bool = False,
         saved_usd: float = 0.0,
+        cached_input_tokens: int = 0,
+        reasoning_tokens: int = 0,
     ) -> None:
-        _check_settle_args(actual_usd, prompt_tokens, completion_tokens, saved_usd)
+        details = (cached_input_tokens, reasoning_tokens)
+        _check_settle_args(actual_usd, prompt_tokens, completion_tokens, saved_usd, *details)
         if reservation.closed:
             return
         month, key = reservation.month, reservation.key_id
         ints, floats = settle_increments(
-            reservation, actual_usd, prompt_tokens, completion_tokens, cached, saved_usd
+            reservation, actual_usd, prompt_tokens, completion_tokens, cached, saved_usd, *details
+        )
+        used = tpm_tokens_used(
+            prompt_tokens, completion_tokens, cached, self._count_cache_hits_tokens
         )
         keys = [
             *self._month_keys(month),
             f"{self._prefix}:usage:{month}:{key}",
             f"{self._prefix}:usage:{month}:keys",
+            f"{self._prefix}:rl:tok:{key}",
         ]
         args: list[str | int] = [
             key,
@@ -591,6 +683,7 @@ class RedisLimitStore:
             repr(float(actual_usd)),
             self._retention_s,
             len(ints),
+            repr(token_shift_s(reservation, used)),
         ]
         for name, value in ints.items():
             args += [name, value]
@@ -603,9 +696,11 @@ class RedisLimitStore:
     async def release(self, reservation: Reservation) -> None:
         if reservation.closed:
             return
-        if reservation.amount_usd:
+        shift = token_shift_s(reservation, 0)
+        if reservation.amount_usd or shift:
             keys = self._month_keys(reservation.month)[::2]  # the two "reserved" keys
-            args = [reservation.key_id, repr(float(reservation.amount_usd))]
+            keys.append(f"{self._prefix}:rl:tok:{reservation.key_id}")
+            args = [reservation.key_id, repr(float(reservation.amount_usd)), repr(shift)]
             with unavailable_on_error("release"):
                 await self._release(keys=keys, args=args)
         reservation.close()
@@ -734,8 +829,19 @@ class ResilientLimitStore:
         completion_tokens: int,
         cached: bool = False,
         saved_usd: float = 0.0,
+        cached_input_tokens: int = 0,
+        reasoning_tokens: int = 0,
     ) -> None:
-        args = (reservation, actual_usd, prompt_tokens, completion_tokens, cached, saved_usd)
+        args = (
+            reservation,
+            actual_usd,
+            prompt_tokens,
+            completion_tokens,
+            cached,
+            saved_usd,
+            cached_input_tokens,
+            reasoning_tokens,
+        )
         if reservation.owner is self.fallback:
             await self.fallback.settle(*args)
         else:

@@ -71,6 +71,16 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.single_flight_waits = Counter(
+            "liftoff_cache_single_flight_waits_total",
+            "Identical requests that waited for another process' call (its cache lease).",
+            registry=r,
+        )
+        self.single_flight_timeouts = Counter(
+            "liftoff_cache_single_flight_timeouts_total",
+            "Waits for another process' call that timed out (the request then called itself).",
+            registry=r,
+        )
         self.cache_saved_tokens = Counter(
             "liftoff_cache_saved_tokens_total",
             "Tokens not bought thanks to cache hits.",

@@ -1,8 +1,12 @@
 """Validation of request bodies for /v1/chat/completions and /v1/completions.
 
 Hand-written checks (no model classes on the hot path) that name the offending parameter and
-what is allowed, in OpenAI's wording where OpenAI has one. The validated body is forwarded to
-the provider with the resolved model and the effective ``max_tokens``.
+what is allowed, in OpenAI's wording where OpenAI has one. Only the fields the gateway knows are
+checked; any other field is forwarded unchanged (the provider adds parameters faster than any
+gateway, and refuses what it does not know). The body is forwarded with the resolved model and
+the effective completion cap: the client's own ``max_tokens``/``max_completion_tokens`` under the
+name it used, or the default written as ``max_completion_tokens`` for chat (the name every current
+model accepts; reasoning models refuse ``max_tokens``) and ``max_tokens`` for completions.
 """
 
 from __future__ import annotations
@@ -19,72 +23,6 @@ Kind = Literal["chat", "completions"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
-# Parameters the provider accepts that we pass through after a light type check.
-_CHAT_PASSTHROUGH = frozenset(
-    {
-        "logit_bias",
-        "tools",
-        "tool_choice",
-        "functions",
-        "function_call",
-        "response_format",
-        "parallel_tool_calls",
-        "metadata",
-        "store",
-        "service_tier",
-        "modalities",
-        "audio",
-        "prediction",
-        "reasoning_effort",
-        "verbosity",
-        "web_search_options",
-        "prompt_cache_key",
-        "safety_identifier",
-    }
-)
-_CHAT_CHECKED = frozenset(
-    {
-        "model",
-        "messages",
-        "temperature",
-        "top_p",
-        "n",
-        "stream",
-        "stream_options",
-        "stop",
-        "max_tokens",
-        "max_completion_tokens",
-        "presence_penalty",
-        "frequency_penalty",
-        "user",
-        "seed",
-        "logprobs",
-        "top_logprobs",
-    }
-)
-_COMPLETIONS_KNOWN = frozenset(
-    {
-        "model",
-        "prompt",
-        "suffix",
-        "max_tokens",
-        "temperature",
-        "top_p",
-        "n",
-        "stream",
-        "stream_options",
-        "logprobs",
-        "echo",
-        "stop",
-        "presence_penalty",
-        "frequency_penalty",
-        "best_of",
-        "logit_bias",
-        "user",
-        "seed",
-    }
-)
-
 
 @dataclass(slots=True)
 class ParsedRequest:
@@ -98,7 +36,7 @@ class ParsedRequest:
     n: int
     best_of: int
     prompts: list[str] = field(default_factory=list)
-    max_tokens_field: str = "max_tokens"
+    max_tokens_field: str = "max_tokens"  # the name the cap is forwarded under
     max_tokens: int = 0
     prompt_tokens: int = 0
 
@@ -269,14 +207,6 @@ def _model(body: dict, models: ModelsConfig) -> tuple[str, str, ModelSpec]:
     return requested, resolved, models.catalog[resolved]
 
 
-def _unknown(body: dict, known: frozenset[str]) -> None:
-    for key in body:
-        if key not in known:
-            raise InvalidRequest(
-                f"Unrecognized request argument supplied: {key}", key, "unknown_parameter"
-            )
-
-
 def _common(body: dict, models: ModelsConfig) -> tuple[int, bool, bool]:
     _number(body, "temperature", 0, 2)
     _number(body, "top_p", 0, 1)
@@ -335,7 +265,6 @@ def _messages(body: dict) -> None:
 
 
 def validate_chat(body: dict[str, Any], models: ModelsConfig) -> ParsedRequest:
-    _unknown(body, _CHAT_CHECKED | _CHAT_PASSTHROUGH)
     requested, resolved, spec = _model(body, models)
     _messages(body)
     n, stream, include_usage = _common(body, models)
@@ -343,15 +272,15 @@ def validate_chat(body: dict[str, Any], models: ModelsConfig) -> ParsedRequest:
     _typed(body, "response_format", (dict,), "an object")
     _boolean(body, "logprobs")
     _integer(body, "top_logprobs", 0, 20)
-    field_name = "max_tokens"
-    if body.get("max_completion_tokens") is not None:
-        if body.get("max_tokens") is not None:
+    field_name = "max_completion_tokens"
+    if body.get("max_tokens") is not None:
+        if body.get("max_completion_tokens") is not None:
             raise InvalidRequest(
                 "Set only one of 'max_tokens' and 'max_completion_tokens'.",
                 "max_tokens",
                 "invalid_value",
             )
-        field_name = "max_completion_tokens"
+        field_name = "max_tokens"
     requested_max = _integer(body, field_name, 1)
     parsed = ParsedRequest(
         "chat", body, requested, resolved, spec, stream, include_usage, n, 1, [], field_name
@@ -361,7 +290,6 @@ def validate_chat(body: dict[str, Any], models: ModelsConfig) -> ParsedRequest:
 
 
 def validate_completions(body: dict[str, Any], models: ModelsConfig) -> ParsedRequest:
-    _unknown(body, _COMPLETIONS_KNOWN)
     requested, resolved, spec = _model(body, models)
     prompt = body.get("prompt")
     if prompt is None:

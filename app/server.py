@@ -210,7 +210,8 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/admin/cache/invalidate": simple(
-                "Invalidate cached answers (all, or one model's) by bumping the namespace version",
+                "Invalidate cached answers (all, one model's, one client key's, or one key's "
+                "for one model: body {model?, key?}) by bumping the namespace version",
                 method="post",
             ),
             "/healthz": simple("Liveness", secured=False),

@@ -6,6 +6,12 @@ tokenizer, latency is a time to first token plus a per-token delay, and faults a
 per request (`x-simulator-fault` header, optionally only for the first K attempts of a logical
 request) or at a configured rate from a seeded, reproducible sequence.
 
+Usage is realistic for accounting tests: image, audio and file parts are billed as the provider
+documents (`app/parts.py`), a chat prompt of 1024+ tokens whose prefix an earlier request to the
+same model sent reports it in `prompt_tokens_details.cached_tokens` (in 128-token steps), and
+reasoning models (o1/o3/o4/gpt-5) spend `completion_tokens_details.reasoning_tokens` (by
+`reasoning_effort`) within `max_completion_tokens`, and refuse `max_tokens` as the provider does.
+
 Run on its own: `python -m app.simulator --host 127.0.0.1 --port 8081 --ttft-ms 50 --token-ms 5`.
 
 Per-request control headers (all optional):
@@ -57,6 +63,10 @@ DEFAULT_MODELS = (
     "gpt-4o-mini",
     "gpt-4o",
     "gpt-4.1-mini",
+    "o4-mini-2025-04-16",
+    "o4-mini",
+    "gpt-5-mini-2025-08-07",
+    "gpt-5-mini",
     "gpt-3.5-turbo-instruct",
     "omni-moderation-latest",
 )
@@ -64,8 +74,18 @@ DEFAULT_MODELS = (
 PINNED_VERSIONS = {
     "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
     "gpt-4o": "gpt-4o-2024-08-06",
+    "o4-mini": "o4-mini-2025-04-16",
+    "gpt-5-mini": "gpt-5-mini-2025-08-07",
     "omni-moderation-latest": "omni-moderation-2024-09-26",
 }
+# Models that think before answering: hidden reasoning tokens, counted in completion_tokens and
+# reported in completion_tokens_details.reasoning_tokens, all within max_completion_tokens.
+REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+REASONING_TOKENS = {"minimal": 0, "low": 64, "medium": 192, "high": 512}  # plus up to as many
+# The provider's prompt cache: prefixes of 1024 tokens and more, matched in 128-token steps.
+PROMPT_CACHE_MIN_TOKENS = 1024
+PROMPT_CACHE_STEP = 128
+PROMPT_CACHE_ENTRIES = 50_000
 MODERATION_CATEGORIES = (
     "harassment",
     "harassment/threatening",
@@ -179,6 +199,7 @@ class Simulator:
         self.stats = SimulatorStats()
         self._fault_rng = random.Random(options.seed)
         self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._prompt_prefixes: OrderedDict[bytes, None] = OrderedDict()
         self._routes: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
@@ -197,6 +218,7 @@ class Simulator:
         self.stats = SimulatorStats()
         self._fault_rng = random.Random(self.options.seed)
         self._attempts.clear()
+        self._prompt_prefixes.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -375,9 +397,12 @@ class Simulator:
         payload: dict[str, Any],
         headers: dict[str, str],
         count: int,
+        reasoning: int = 0,
     ) -> list[text.Generation]:
         temperature = payload.get("temperature", 1)
         max_tokens = _max_tokens(payload)
+        if max_tokens is not None:
+            max_tokens -= reasoning  # reasoning comes first and counts against the cap
         stop = _stop(payload)
         base = text.seed_for(model, input_key, payload.get("seed"), temperature, self.options.seed)
         length = self._natural_length(base, headers)
@@ -387,6 +412,47 @@ class Simulator:
             seed = base if temperature == 0 else text.seed_for(base, index)
             out.append(text.generate(seed, length, max_tokens, stop))
         return out
+
+    def _reasoning_tokens(self, model: str, messages: Any, payload: dict[str, Any]) -> int:
+        """Hidden reasoning tokens per choice: by `reasoning_effort`, within the completion cap."""
+        if not model.startswith(REASONING_PREFIXES):
+            return 0
+        if payload.get("max_tokens") is not None:
+            raise BadRequest(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                param="max_tokens",
+                code="unsupported_parameter",
+            )
+        base = REASONING_TOKENS.get(payload.get("reasoning_effort") or "medium", 192)
+        seed = text.seed_for(model, messages, payload.get("seed"), self.options.seed)
+        tokens = base + (seed % (base + 1))
+        cap = _max_tokens(payload)
+        return tokens if cap is None else min(tokens, cap)
+
+    def _cached_prefix(self, model: str, messages: Any, prompt_tokens: int) -> int:
+        """Prompt tokens served from the provider's prompt cache: the longest prefix, in
+        128-token steps from 1024 on, that an earlier request to the same model started with."""
+        if prompt_tokens < PROMPT_CACHE_MIN_TOKENS:
+            return 0
+        ids = text.prompt_token_ids(messages)
+        digest = hashlib.blake2b(model.encode(), digest_size=16)
+        cached = 0
+        seen = self._prompt_prefixes
+        end = PROMPT_CACHE_MIN_TOKENS
+        digest.update(orjson.dumps(ids[:end]))
+        while end <= min(len(ids), prompt_tokens):
+            key = digest.copy().digest()
+            if key in seen:
+                cached = end
+                seen.move_to_end(key)
+            else:
+                seen[key] = None
+            digest.update(orjson.dumps(ids[end : end + PROMPT_CACHE_STEP]))
+            end += PROMPT_CACHE_STEP
+        while len(seen) > PROMPT_CACHE_ENTRIES:
+            seen.popitem(last=False)
+        return cached
 
     # ---- routes ---------------------------------------------------------------------------
     async def _chat(
@@ -404,10 +470,15 @@ class Simulator:
                 "'messages' must be a non-empty array of message objects.", param="messages"
             )
         n = _n(payload)
-        generations = self._generations(model, messages, payload, headers, n)
+        reasoning = self._reasoning_tokens(model, messages, payload)
+        generations = self._generations(model, messages, payload, headers, n, reasoning)
         prompt_tokens = text.count_message_tokens(messages)
-        completion_tokens = sum(g.completion_tokens for g in generations)
+        completion_tokens = sum(g.completion_tokens for g in generations) + reasoning * n
         usage = _usage(prompt_tokens, completion_tokens, chat=True)
+        usage["prompt_tokens_details"]["cached_tokens"] = self._cached_prefix(
+            model, messages, prompt_tokens
+        )
+        usage["completion_tokens_details"]["reasoning_tokens"] = reasoning * n
 
         def body(response_id: str, created: int) -> dict[str, Any]:
             return {

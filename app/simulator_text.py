@@ -16,6 +16,8 @@ from typing import Any
 import bpe_openai
 import orjson
 
+from app.parts import part_tokens
+
 ENCODING_NAME = "o200k_base"
 
 # OpenAI's chat framing: 3 tokens per message (+1 with a name), 3 to prime the reply.
@@ -76,8 +78,42 @@ def count_message_tokens(messages: Sequence[Any]) -> int:
         for field, value in message.items():
             if field == "name":
                 total += TOKENS_PER_NAME
-            total += count_tokens(content_text(value))
+            if isinstance(value, list):
+                total += _count_parts(value)
+            else:
+                total += count_tokens(content_text(value))
     return total
+
+
+def _count_parts(parts: list[Any]) -> int:
+    """Content parts: the text ones as text, images, audio and files as the provider bills them
+    (its documented figure, `app/parts.py`), never the text of their base64."""
+    texts: list[Any] = []
+    billed = 0
+    for part in parts:
+        tokens = part_tokens(part) if isinstance(part, dict) else None
+        if tokens is None:
+            texts.append(part)
+        else:
+            billed += tokens.likely
+    return (count_tokens(content_text(texts)) if texts else 0) + billed
+
+
+def prompt_token_ids(messages: Sequence[Any]) -> list[int]:
+    """The prompt as token ids, in order (what the provider's prompt cache matches prefixes of);
+    an image, audio or file part stands as a digest of itself, not as its base64."""
+
+    def stand_in(value: Any) -> Any:
+        if isinstance(value, list):
+            return [stand_in(v) for v in value]
+        if isinstance(value, dict):
+            if part_tokens(value) is not None:
+                return hashlib.blake2b(orjson.dumps(value), digest_size=16).hexdigest()
+            return {k: stand_in(v) for k, v in value.items()}
+        return value
+
+    text = orjson.dumps([stand_in(m) for m in messages]).decode()
+    return encoding().encode(text, disallowed_special=())
 
 
 def content_text(value: Any) -> str:

@@ -1,10 +1,11 @@
-"""Server-sent events: relaying the provider's stream, and replaying a cached answer as one.
+"""Server-sent events: relaying the provider's stream (a cached answer's replay: app/replay.py).
 
 The relay forwards each provider event the moment it arrives (no buffering beyond one event). It
 looks into each event only to (a) take the usage chunk the gateway always asks for, and drop it
 when the client did not ask for usage, and (b) assemble the answer so a finished, deterministic
-stream can be cached. A stream that breaks ends with an SSE error event, never a made-up
-``finish_reason``, and is not cached.
+stream can be cached: as the OpenAI SDK accumulates it (strings joined, tool calls by index,
+logprobs appended), so that its replay (app/replay.py) rebuilds the same answer. A stream
+that breaks ends with an SSE error event, never a made-up ``finish_reason``, and is not cached.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import orjson
 from app.errors import ApiError
 
 DONE = b"data: [DONE]\n\n"
-# Answers longer than this are relayed but not kept for the cache (bounded memory per stream).
+# Streams longer than this (event bytes) are relayed but not kept for the cache (bounded memory).
 MAX_ASSEMBLED_CHARS = 256 * 1024
 
 
@@ -42,8 +43,7 @@ class StreamRelay:
     chunks: int = 0
     upstream_error: dict[str, Any] | None = None
     _meta: dict[str, Any] = field(default_factory=dict)
-    _texts: dict[int, list[str]] = field(default_factory=dict)
-    _finish: dict[int, str | None] = field(default_factory=dict)
+    _choices: dict[int, _Choice] = field(default_factory=dict)
     _size: int = 0
 
     def process(self, event: bytes) -> bytes | None:
@@ -71,133 +71,169 @@ class StreamRelay:
                 return None
         self.chunks += 1
         if self.keep_for_cache and choices:
-            self._assemble(chunk, choices)
+            self._assemble(chunk, choices, len(event))
         return event + b"\n\n"
 
-    def _assemble(self, chunk: dict[str, Any], choices: list[Any]) -> None:
+    def _assemble(self, chunk: dict[str, Any], choices: list[Any], size: int) -> None:
         if not self._meta:
-            self._meta = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+            self._meta = {k: v for k, v in chunk.items() if k not in _PER_CHUNK_FIELDS}
+        self._size += size
+        if self._size > MAX_ASSEMBLED_CHARS:
+            self.keep_for_cache = False
+            self._choices.clear()
+            return
         for choice in choices:
             index = choice.get("index", 0)
+            state = self._choices.get(index)
+            if state is None:
+                extras = {k: v for k, v in choice.items() if k not in _CHUNK_CHOICE_FIELDS}
+                state = self._choices[index] = _Choice(extras)
             if self.kind == "chat":
-                delta = choice.get("delta") or {}
-                if any(delta.get(k) for k in ("tool_calls", "function_call", "refusal", "audio")):
-                    self.keep_for_cache = False  # only plain text answers are replayed
-                    return
-                piece = delta.get("content") or ""
+                ok = state.add_delta(choice.get("delta") or {}) and state.add_logprobs(
+                    choice.get("logprobs")
+                )
             else:
-                piece = choice.get("text") or ""
-            if choice.get("logprobs"):
-                self.keep_for_cache = False
+                text = choice.get("text")
+                ok = choice.get("logprobs") is None and (text is None or isinstance(text, str))
+                if ok and text:
+                    state.pieces.append(text)
+                state.has_content = True
+            if not ok:
+                self.keep_for_cache = False  # a shape the SDKs would not rebuild the same way
                 return
-            self._size += len(piece)
-            if self._size > MAX_ASSEMBLED_CHARS:
-                self.keep_for_cache = False
-                self._texts.clear()
-                return
-            self._texts.setdefault(index, []).append(piece)
             if choice.get("finish_reason") is not None:
-                self._finish[index] = choice["finish_reason"]
+                state.finish_reason = choice["finish_reason"]
 
     def assembled(self) -> dict[str, Any] | None:
-        """The complete non-streaming response equivalent to what was streamed, when cacheable."""
-        if not (self.keep_for_cache and self.done and self.usage and self._texts):
+        """The complete non-streaming response equivalent to what was streamed, when cacheable:
+        what the SDKs' stream accumulation builds from it (their rules: strings joined, tool
+        calls by index, logprobs appended), so its replay rebuilds the same answer."""
+        if not (self.keep_for_cache and self.done and self.usage and self._choices):
             return None
-        indexes = sorted(self._texts)
-        if any(i not in self._finish for i in indexes):
+        states = [self._choices[i] for i in sorted(self._choices)]
+        if any(state.finish_reason is None for state in states):
             return None
-        meta = self._meta
         if self.kind == "chat":
             choices = [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": "".join(self._texts[i])},
-                    "logprobs": None,
-                    "finish_reason": self._finish[i],
+                    "message": state.message(),
+                    "logprobs": state.logprobs,
+                    "finish_reason": state.finish_reason,
+                    **state.extras,
                 }
-                for i in indexes
+                for i, state in zip(sorted(self._choices), states, strict=True)
             ]
             obj = "chat.completion"
         else:
             choices = [
                 {
                     "index": i,
-                    "text": "".join(self._texts[i]),
+                    "text": "".join(state.pieces),
                     "logprobs": None,
-                    "finish_reason": self._finish[i],
+                    "finish_reason": state.finish_reason,
+                    **state.extras,
                 }
-                for i in indexes
+                for i, state in zip(sorted(self._choices), states, strict=True)
             ]
             obj = "text_completion"
         return {
-            "id": meta.get("id"),
+            "id": self._meta.get("id"),
             "object": obj,
-            "created": meta.get("created"),
-            "model": meta.get("model"),
-            "system_fingerprint": meta.get("system_fingerprint"),
+            **self._meta,
             "choices": choices,
             "usage": self.usage,
         }
 
 
-def replay(response: dict[str, Any], kind: str, include_usage: bool) -> list[bytes]:
-    """A cached (non-streaming) response as the SSE events a live stream would have produced."""
-    base = {
-        "id": response.get("id"),
-        "created": response.get("created"),
-        "model": response.get("model"),
-        "system_fingerprint": response.get("system_fingerprint"),
-    }
-    events: list[bytes] = []
-    if kind == "chat":
-        base["object"] = "chat.completion.chunk"
-        for choice in response.get("choices", []):
-            index = choice.get("index", 0)
-            message = choice.get("message") or {}
-            for delta, finish in (
-                ({"role": message.get("role", "assistant"), "content": ""}, None),
-                ({"content": message.get("content") or ""}, None),
-                ({}, choice.get("finish_reason")),
-            ):
-                events.append(
-                    sse(
-                        base
-                        | {
-                            "choices": [
-                                {
-                                    "index": index,
-                                    "delta": delta,
-                                    "logprobs": None,
-                                    "finish_reason": finish,
-                                }
-                            ]
-                        }
-                    )
-                )
-    else:
-        base["object"] = "text_completion"
-        for choice in response.get("choices", []):
-            index = choice.get("index", 0)
-            for text, finish in (
-                (choice.get("text") or "", None),
-                ("", choice.get("finish_reason")),
-            ):
-                events.append(
-                    sse(
-                        base
-                        | {
-                            "choices": [
-                                {
-                                    "index": index,
-                                    "text": text,
-                                    "logprobs": None,
-                                    "finish_reason": finish,
-                                }
-                            ]
-                        }
-                    )
-                )
-    if include_usage:
-        events.append(sse(base | {"choices": [], "usage": response.get("usage")}))
-    events.append(DONE)
-    return events
+# Top-level chunk fields that are not the answer's (`obfuscation` pads each chunk differently).
+_PER_CHUNK_FIELDS = frozenset({"choices", "usage", "object", "obfuscation"})
+_CHUNK_CHOICE_FIELDS = frozenset({"index", "delta", "text", "logprobs", "finish_reason"})
+
+
+@dataclass(slots=True)
+class _Choice:
+    """One choice of a streamed answer, accumulated as the OpenAI SDK accumulates deltas."""
+
+    extras: dict[str, Any]
+    pieces: list[str] = field(default_factory=list)  # the content, joined once at the end
+    has_content: bool = False  # a `content` key was seen
+    has_text: bool = False  # ... and a string in it (else the content is None)
+    fields: dict[str, Any] = field(default_factory=dict)  # every other message field
+    logprobs: dict[str, Any] | None = None
+    finish_reason: str | None = None
+
+    def add_delta(self, delta: dict[str, Any]) -> bool:
+        content = delta.get("content")
+        if "content" in delta:
+            if content is not None and not isinstance(content, str):
+                return False
+            self.has_content = True
+            if content is not None:
+                self.has_text = True
+                self.pieces.append(content)
+            if len(delta) == 1:
+                return True  # nearly every chunk
+        return _merge(self.fields, {k: v for k, v in delta.items() if k != "content"})
+
+    def add_logprobs(self, logprobs: Any) -> bool:
+        if logprobs is None:
+            return True
+        if not isinstance(logprobs, dict) or set(logprobs) - {"content", "refusal"}:
+            return False
+        if self.logprobs is None:
+            self.logprobs = {"content": logprobs.get("content"), "refusal": logprobs.get("refusal")}
+            return True
+        for name in ("content", "refusal"):
+            more = logprobs.get(name)
+            if more:
+                if not isinstance(more, list):
+                    return False
+                self.logprobs[name] = [*(self.logprobs[name] or []), *more]
+        return True
+
+    def message(self) -> dict[str, Any]:
+        message = {"role": "assistant", **self.fields}
+        if self.has_content:
+            message["content"] = "".join(self.pieces) if self.has_text else None
+        for call in message.get("tool_calls") or []:
+            call.pop("index", None)  # a stream position; a JSON answer's tool calls have none
+        return message
+
+
+def _merge(into: dict[str, Any], delta: dict[str, Any]) -> bool:
+    """Accumulate `delta` into `into` as the OpenAI SDK does; False for a shape it would not
+    rebuild the same way from a replay (then the answer is not cached)."""
+    for name, value in delta.items():
+        current = into.get(name)
+        if current is None and isinstance(value, list):
+            # A list's entries are addressed by `index` from then on: each must carry its own.
+            if not all(_indexed(entry, i) for i, entry in enumerate(value)):
+                return False
+            into[name] = value
+        elif current is None or name in ("index", "type", "role"):
+            into[name] = value
+        elif isinstance(current, str) and isinstance(value, str):
+            into[name] = current + value
+        elif isinstance(current, dict) and isinstance(value, dict):
+            if not _merge(current, value):
+                return False
+        elif isinstance(current, list) and isinstance(value, list):
+            for entry in value:
+                position = entry.get("index") if isinstance(entry, dict) else None
+                if not isinstance(position, int):
+                    return False
+                if position == len(current):
+                    current.append(entry)
+                elif position < len(current) and isinstance(current[position], dict):
+                    if not _merge(current[position], entry):
+                        return False
+                else:
+                    return False
+        else:
+            return False
+    return True
+
+
+def _indexed(entry: Any, position: int) -> bool:
+    return isinstance(entry, dict) and entry.get("index") == position

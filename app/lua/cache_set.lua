@@ -1,13 +1,21 @@
--- Store an entry under the current namespace versions, unless they changed since the lookup.
--- KEYS: 1 global namespace version, 2 the model's namespace version
+-- Store an entry under the current namespace versions, unless they changed since the lookup,
+-- and drop the lookup's lease (waiters now find the entry, or call themselves).
+-- KEYS: the namespace version keys, as for cache_get.lua
 -- ARGV: 1 entry key prefix, 2 request digest, 3 value, 4 ttl ms,
---       5 global version seen at lookup ('' = none seen), 6 model version seen at lookup
+--       5 namespace seen at lookup ('' = none seen)
 -- Returns 1 when stored, 0 when skipped because an invalidation happened in between.
-local global_version = redis.call('GET', KEYS[1]) or '0'
-local model_version = redis.call('GET', KEYS[2]) or '0'
-if ARGV[5] ~= '' and (ARGV[5] ~= global_version or ARGV[6] ~= model_version) then
+local versions = {}
+for i = 1, #KEYS do
+  versions[i] = redis.call('GET', KEYS[i]) or '0'
+end
+local namespace = table.concat(versions, '.')
+local seen = ARGV[5]
+if seen == '' then
+  seen = namespace
+end
+redis.call('DEL', ARGV[1] .. 'lease:' .. seen .. ':' .. ARGV[2])
+if seen ~= namespace then
   return 0
 end
-local key = ARGV[1] .. global_version .. '.' .. model_version .. ':' .. ARGV[2]
-redis.call('SET', key, ARGV[3], 'PX', ARGV[4])
+redis.call('SET', ARGV[1] .. namespace .. ':' .. ARGV[2], ARGV[3], 'PX', ARGV[4])
 return 1

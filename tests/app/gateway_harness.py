@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import AsyncIterator, Mapping
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import uvicorn
 import yaml
 
 from app.config import DEFAULTS_PATH, GatewayConfig
@@ -85,6 +89,30 @@ class Running:
         return await self.client.post(
             "/v1/chat/completions", json=payload, headers={**auth(key), **(headers or {})}
         )
+
+
+@contextlib.contextmanager
+def served(app: Any) -> Iterator[str]:
+    """`app` served by a real uvicorn on a loopback port in a thread; yields its /v1 URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
 
 
 @contextlib.asynccontextmanager

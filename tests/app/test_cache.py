@@ -15,12 +15,12 @@ from app.cache import (
     MemoryResponseCache,
     RedisResponseCache,
     ResilientCache,
-    SingleFlight,
     canonical_request,
     is_deterministic,
     request_digest,
 )
 from app.redis_backend import BackendHealth, BackendUnavailable, create_redis
+from app.single_flight import SingleFlight
 
 MODEL = "gpt-4o-mini-2024-07-18"
 CHAT = {"model": "fast", "messages": [{"role": "user", "content": "Name three colours."}]}

@@ -30,8 +30,12 @@ async def test_rate_limit_holds_across_two_instances(simulator, redis_url):
 async def test_token_limit_holds_across_two_instances(simulator, redis_url):
     keys = client_keys_json(alice={"tpm": 3000})
     async with two_gateways(simulator.url, redis_url, {"LIFTOFF_CLIENT_KEYS": keys}) as (a, b):
-        # Each request counts its prompt tokens plus max_tokens (1000) against the minute.
-        results = [await gw.chat(max_tokens=1000) for gw in (a, b, a, b)]
+        # Each request in flight holds its prompt tokens plus max_tokens (1000) against the
+        # minute until its answer settles it to the tokens used: concurrent ones cannot overshoot.
+        slow = {"x-simulator-ttft-ms": "200"}
+        results = await asyncio.gather(
+            *(gw.chat(max_tokens=1000, headers=slow) for gw in (a, b, a, b))
+        )
     codes = [r.status_code for r in results]
     assert codes.count(200) == 2, codes
     refused = results[codes.index(429)]
@@ -72,7 +76,8 @@ async def test_cache_is_shared_between_instances(simulator, redis_url):
         third = await a.chat(temperature=0)
     assert first.headers["x-liftoff-cache"] == "miss"
     assert second.headers["x-liftoff-cache"] == "hit"
-    assert second.content == first.content
+    assert {**second.json(), "id": first.json()["id"]} == first.json()
+    assert second.headers["x-liftoff-cache-origin-id"] == first.json()["id"]
     assert third.headers["x-liftoff-cache"] == "miss"
 
 

@@ -2,43 +2,30 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import openai
 import pytest
-import uvicorn
 
 from app.server import create_app
-from tests.app.gateway_harness import ALICE, BOB, PROVIDER_KEY, client_keys_json, make_config
+from tests.app.gateway_harness import (
+    ALICE,
+    BOB,
+    PROVIDER_KEY,
+    client_keys_json,
+    make_config,
+    served,
+)
 
 
 @pytest.fixture(scope="module")
 def gateway_url(simulator) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     env = {
         "LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY,
         "LIFTOFF_CLIENT_KEYS": client_keys_json(bob={"rpm": 1}),
     }
-    app = create_app(make_config(simulator.url), env)
-    config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
+    with served(create_app(make_config(simulator.url), env)) as url:
+        yield url
 
 
 def sdk(url: str, key: str = ALICE) -> openai.OpenAI:

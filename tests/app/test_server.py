@@ -58,7 +58,11 @@ async def test_deterministic_requests_are_cached_and_saved_cost_is_tracked(simul
         usage = (await gw.client.get("/v1/usage", headers=auth())).json()
     assert first.headers["x-liftoff-cache"] == "miss"
     assert second.headers["x-liftoff-cache"] == "hit"
-    assert second.content == first.content
+    # The same answer under its own id; the stored answer's id is in a header.
+    assert {**second.json(), "id": first.json()["id"]} == first.json()
+    assert second.json()["id"] != first.json()["id"]
+    assert second.headers["x-liftoff-cache-origin-id"] == first.json()["id"]
+    assert "x-liftoff-cache-origin-id" not in first.headers
     assert other_max_tokens.headers["x-liftoff-cache"] == "miss"  # max_tokens is in the key
     assert seeded.headers["x-liftoff-cache"] == "miss"
     assert seeded_again.headers["x-liftoff-cache"] == "hit"
@@ -91,7 +95,8 @@ async def test_single_flight_makes_one_upstream_call_for_identical_requests(simu
             *(gw.chat(headers=headers, **DETERMINISTIC) for _ in range(8))
         )
     assert {r.status_code for r in responses} == {200}
-    assert len({r.content for r in responses}) == 1
+    assert len({orjson.dumps({**r.json(), "id": ""}) for r in responses}) == 1
+    assert len({r.json()["id"] for r in responses}) == 8  # each response has its own id
     assert simulator.app.stats.by_route["POST /v1/chat/completions"] == 1
     assert sorted(r.headers["x-liftoff-cache"] for r in responses).count("miss") == 1
 

@@ -10,7 +10,8 @@ import contextlib
 import orjson
 from starlette.requests import ClientDisconnect
 
-from app.streaming import StreamRelay, replay
+from app.replay import replay
+from app.streaming import StreamRelay
 from tests.app.gateway_harness import SIM_HEADERS, auth, client_keys_json, make_config, running
 
 
@@ -144,10 +145,10 @@ def test_relay_drops_only_the_usage_chunk_and_keeps_order():
     assert answer["choices"][0]["finish_reason"] == "stop"
 
 
-def test_relay_does_not_cache_tool_calls_or_unfinished_streams():
+def test_relay_does_not_cache_unindexed_tool_calls_or_unfinished_streams():
     tools = StreamRelay("chat", client_wants_usage=False, keep_for_cache=True)
     tools.process(b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"id":"t"}]}}]}')
-    assert tools.keep_for_cache is False
+    assert tools.keep_for_cache is False  # no index: the SDKs could not rebuild it the same way
     unfinished = StreamRelay("chat", client_wants_usage=False, keep_for_cache=True)
     unfinished.process(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}')
     assert unfinished.assembled() is None
