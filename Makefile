@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: plan preflight serve simulator test test-infra test-app test-charts bench lint format image helm lock clean
+.PHONY: plan preflight verify capacity serve simulator test test-infra test-app test-charts bench lint format image helm lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ plan: $(STAMP)  ## offline plan of a stack under Pulumi's mock runtime: make pla
 
 preflight: $(STAMP)  ## what a real pulumi up needs on this machine and account, creating nothing: make preflight STACK=prod
 	$(PY) -m infra.preflight --stack $(STACK) $(ARGS)
+
+verify: $(STAMP)  ## a deployed stack's live resources against its settings: make verify STACK=prod
+	$(PY) -m infra.verify --stack $(STACK) $(ARGS)
+
+capacity: $(STAMP)  ## pods, nodes, cache and monthly cost for a load: make capacity STACK=prod RPS=200 ARGS="--json"
+	$(if $(RPS),,$(error make capacity needs RPS=<requests per second>, e.g. make capacity STACK=prod RPS=200))
+	$(PY) -m infra.capacity --stack $(STACK) --rps $(RPS) $(ARGS)
 
 serve: $(STAMP)  ## the gateway on 127.0.0.1:8080 with embedded defaults
 	$(PY) -m app

@@ -1,8 +1,9 @@
 """Settings AWS would refuse at deploy time, refused at load time instead: names and their
 lengths, ElastiCache versions and node types, Budgets limits, zone IDs.
 
-`problems` is called by `infra.settings` with the typed values that passed their own checks;
-each problem is (field, what is allowed), and the field "stack" means the Pulumi stack name.
+`problems` is called by `infra.settings_checks` with the typed values that passed their own
+checks; each problem is (field, what is allowed), and the field "stack" means the Pulumi stack
+name.
 """
 
 from __future__ import annotations

@@ -118,5 +118,9 @@ class Cache(pulumi.ComponentResource):
         self.primary_endpoint = group.primary_endpoint_address
         self.reader_endpoint = group.reader_endpoint_address
         self.register_outputs(
-            {"primaryEndpoint": self.primary_endpoint, "readerEndpoint": self.reader_endpoint}
+            {
+                "primaryEndpoint": self.primary_endpoint,
+                "readerEndpoint": self.reader_endpoint,
+                "replicationGroupId": group_id,
+            }
         )

@@ -1,7 +1,8 @@
 """Node settings AWS would refuse or the cluster could not run, refused before any resource.
 
-`node_problems(v)` is called from `infra.settings._cross_field_problems` with the typed values and
-returns `(field, allowed)` pairs, each reported as `liftoff:<key> = <value>: <what is allowed>`:
+`node_problems(v)` is called from `infra.settings_checks.cross_field_problems` with the typed
+values and returns `(field, allowed)` pairs, each reported as
+`liftoff:<key> = <value>: <what is allowed>`:
 
 - instance types: in data/instances.json and priced for the region in data/prices.json (else
   `liftoff:allowUnknownInstanceTypes=true`), one AL2023 AMI type per group (architecture and
@@ -23,7 +24,8 @@ from typing import Any
 
 from infra import instance_types
 from infra.instance_types import InstanceType
-from infra.settings import _cpu_cores, _memory_bytes, config_key
+from infra.quantities import cpu_cores, memory_bytes
+from infra.settings_model import config_key
 
 Problem = tuple[str, str]
 
@@ -160,7 +162,7 @@ def _capacity_problems(v: Mapping[str, Any]) -> Iterator[Problem]:
         )
     workers = v["gateway_workers"]
     floor_mib = gateway_memory_floor_mib(workers)
-    if _memory_bytes(v["pod_memory_limit"]) < floor_mib * 2**20:
+    if memory_bytes(v["pod_memory_limit"]) < floor_mib * 2**20:
         yield (
             "pod_memory_limit",
             f"at least {floor_mib}Mi with liftoff:gatewayWorkers={workers}: the gateway holds "
@@ -170,8 +172,8 @@ def _capacity_problems(v: Mapping[str, Any]) -> Iterator[Problem]:
     known = [t for n in v["node_instance_types"] if (t := instance_types.lookup(n)) is not None]
     if len(known) < len(v["node_instance_types"]):
         return  # an unknown type's size is unknown: nothing to compare with
-    cpu_m = math.ceil(_cpu_cores(v["pod_cpu_request"]) * 1000)
-    memory_mib = math.ceil(_memory_bytes(v["pod_memory_request"]) / 2**20)
+    cpu_m = math.ceil(cpu_cores(v["pod_cpu_request"]) * 1000)
+    memory_mib = math.ceil(memory_bytes(v["pod_memory_request"]) / 2**20)
     by_cpu = min(known, key=lambda t: t.allocatable_millicores)
     by_memory = min(known, key=lambda t: t.allocatable_mib)
     free_cpu = by_cpu.allocatable_millicores - DAEMONSET_MILLICORES

@@ -3,7 +3,7 @@
 Either `liftoff:certificateArn` (a certificate you manage) or `liftoff:domainName` with
 `liftoff:hostedZoneId` (the stack requests an ACM certificate validated by DNS in that Route 53
 zone and points the name at the load balancer: `infra.dns`). Pure functions over settings values:
-`infra.settings` checks them (imported there lazily) before any resource is declared.
+`infra.settings_checks` checks them before any resource is declared.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from infra.settings import config_key
+from infra.settings_model import config_key
 
 # ACM puts the domain name in the certificate's Common Name: at most 64 octets (RFC 5280).
 DOMAIN_NAME_MAX = 64

@@ -104,6 +104,8 @@ class Cluster(pulumi.ComponentResource):
     node_security_group_id: pulumi.Output[str]
     oidc_provider_arn: pulumi.Output[str]
     oidc_issuer_url: pulumi.Output[str]
+    secrets_key_arn: pulumi.Output[str]
+    deployer_arn: str
 
     def __init__(
         self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None
@@ -175,6 +177,7 @@ class Cluster(pulumi.ComponentResource):
             ),
         )
         self.name = cluster.name
+        self.secrets_key_arn = secrets_key.arn
         # Pods run on the EKS-managed cluster security group (VPC CNI uses the node's ENIs).
         self.node_security_group_id = cluster.vpc_config.cluster_security_group_id
         self.oidc_issuer_url = cluster.identities[0].oidcs[0].issuer
@@ -188,6 +191,7 @@ class Cluster(pulumi.ComponentResource):
         self.oidc_provider_arn = oidc.arn
 
         access = ClusterAccess(f"{name}-access", s, cluster, child)
+        self.deployer_arn = access.deployer_arn
 
         node_addons = addons.addons_before_nodes(
             name, s, cluster, oidc.arn, self.oidc_issuer_url, self
@@ -273,6 +277,8 @@ class Cluster(pulumi.ComponentResource):
                 "endpoint": cluster.endpoint,
                 "oidcProviderArn": oidc.arn,
                 "kubeconfig": self.kubeconfig,
+                "secretsKeyArn": secrets_key.arn,
+                "deployerArn": access.deployer_arn,
             }
         )
 

@@ -52,7 +52,9 @@ class LoadBalancerArgs:
 class LoadBalancer(pulumi.ComponentResource):
     url: pulumi.Output[str]
     dns_name: pulumi.Output[str]
+    arn: pulumi.Output[str]
     target_group_arn: pulumi.Output[str]
+    web_acl_arn: pulumi.Output[str] | None
     arn_suffix: pulumi.Output[str]
     target_group_arn_suffix: pulumi.Output[str]
     controller: k8s.helm.v3.Release
@@ -179,8 +181,7 @@ class LoadBalancer(pulumi.ComponentResource):
             tags=tags(s, f"{s.prefix}-http"),
             opts=child,
         )
-        if s.waf_enabled:
-            attach_web_acl(name, s, alb, child)
+        web_acl = attach_web_acl(name, s, alb, child) if s.waf_enabled else None
 
         self.controller = self._controller(name, s, args.cluster, args.vpc_id, target_group)
         self.dns_name = alb.dns_name
@@ -190,10 +191,19 @@ class LoadBalancer(pulumi.ComponentResource):
         else:
             scheme = "https" if certificate_arn else "http"
             self.url = alb.dns_name.apply(lambda dns: f"{scheme}://{dns}")
+        self.arn = alb.arn
         self.target_group_arn = target_group.arn
+        self.web_acl_arn = web_acl.arn if web_acl else None
         self.arn_suffix = alb.arn_suffix
         self.target_group_arn_suffix = target_group.arn_suffix
-        self.register_outputs({"url": self.url, "targetGroupArn": target_group.arn})
+        self.register_outputs(
+            {
+                "url": self.url,
+                "albArn": alb.arn,
+                "targetGroupArn": target_group.arn,
+                "webAclArn": self.web_acl_arn,
+            }
+        )
 
     def _access_log_bucket(
         self, name: str, s: StackSettings

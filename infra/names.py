@@ -46,6 +46,16 @@ def cache_group_id(prefix: str) -> str:
     return f"{prefix}-cache"
 
 
+def workload_node_group(prefix: str) -> str:
+    """Name of the workload node group (EKS appends `-<suffix>` to it) and its templates."""
+    return f"{prefix}-nodes"
+
+
+def system_node_group(prefix: str) -> str:
+    """Name of the on-demand system node group of a Spot stack (EKS appends `-<suffix>`)."""
+    return f"{prefix}-system"
+
+
 @dataclass(frozen=True)
 class NameLimit:
     what: str
@@ -62,7 +72,7 @@ NAME_LIMITS: tuple[NameLimit, ...] = (
     NameLimit("cache node id", lambda p: f"{cache_group_id(p)}-001", 50),
     NameLimit("IAM role name", lambda p: f"{p}-aws-load-balancer-controller", 64),
     # A prefix: the provider appends a 26-character unique suffix (63 in all).
-    NameLimit("EKS node group name prefix", lambda p: f"{p}-system-", 63 - 26),
+    NameLimit("EKS node group name prefix", lambda p: f"{system_node_group(p)}-", 63 - 26),
     NameLimit("EKS cluster name", lambda p: f"{p}-eks", 100),
     NameLimit("budget name", budget_name, 100),
     NameLimit("secret name", lambda p: secret_name(p, "upstream-api-key"), 512),

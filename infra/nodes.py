@@ -18,6 +18,7 @@ import pulumi_aws as aws
 
 from infra import iam, instance_types
 from infra.addons import COREDNS
+from infra.names import system_node_group, workload_node_group
 from infra.network import subnet_cidrs
 from infra.settings import StackSettings, config_key
 from infra.tags import tags
@@ -57,6 +58,7 @@ class NodeGroups(pulumi.ComponentResource):
     """The cluster's managed node groups; `groups` lists them, workload group first."""
 
     groups: list[aws.eks.NodeGroup]
+    names: pulumi.Output[list[str]]
     notes: list[str]
 
     def __init__(
@@ -89,7 +91,7 @@ class NodeGroups(pulumi.ComponentResource):
         self.groups = [
             self._group(
                 f"{name}-nodes",
-                f"{s.prefix}-nodes",
+                workload_node_group(s.prefix),
                 types=s.node_instance_types,
                 capacity_type=s.node_capacity_type,
                 sizes=(s.node_min_size, s.node_desired_size, s.node_max_size),
@@ -101,7 +103,7 @@ class NodeGroups(pulumi.ComponentResource):
             self.groups.append(
                 self._group(
                     f"{name}-system-nodes",
-                    f"{s.prefix}-system",
+                    system_node_group(s.prefix),
                     types=[SYSTEM_INSTANCE_TYPE],
                     capacity_type="ON_DEMAND",
                     sizes=(SYSTEM_MIN_SIZE, SYSTEM_MIN_SIZE, SYSTEM_MAX_SIZE),
@@ -115,7 +117,8 @@ class NodeGroups(pulumi.ComponentResource):
         self.notes = [note] if note else []
         for warning in self.notes:
             pulumi.log.warn(warning, self)
-        self.register_outputs({"nodeGroupNames": [g.node_group_name for g in self.groups]})
+        self.names = pulumi.Output.all(*(g.node_group_name for g in self.groups))
+        self.register_outputs({"nodeGroupNames": self.names})
 
     @property
     def has_system_group(self) -> bool:

@@ -28,6 +28,8 @@ class ObservabilityArgs:
 class Observability(pulumi.ComponentResource):
     topic_arn: pulumi.Output[str]
     budget_name: pulumi.Output[str]
+    alerts_key_arn: pulumi.Output[str]
+    alarm_names: list[str]
 
     def __init__(
         self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None
@@ -109,6 +111,8 @@ class Observability(pulumi.ComponentResource):
         )
         self.topic_arn = topic.arn
         self.budget_name = budget.name
+        self.alerts_key_arn = alerts_key.arn
+        self.alarm_names = []
 
         def alarm(
             suffix: str,
@@ -120,6 +124,7 @@ class Observability(pulumi.ComponentResource):
             threshold: float,
             periods: int = 1,
         ) -> None:
+            self.alarm_names.append(f"{s.prefix}-{suffix}")
             aws.cloudwatch.MetricAlarm(
                 f"{name}-{suffix}",
                 name=f"{s.prefix}-{suffix}",
@@ -202,7 +207,14 @@ class Observability(pulumi.ComponentResource):
                 EVICTIONS_PER_5_MIN,
                 periods=2,
             )
-        self.register_outputs({"topicArn": topic.arn, "budgetName": budget.name})
+        self.register_outputs(
+            {
+                "topicArn": topic.arn,
+                "budgetName": budget.name,
+                "alertsKeyArn": alerts_key.arn,
+                "alarmNames": self.alarm_names,
+            }
+        )
 
 
 def alerts_key_policy(account_id: str) -> str:

@@ -12,7 +12,8 @@ Checks what `pulumi up` needs on the deployer's machine and account, creating no
   `liftoff:hostedZoneId` exists, is public and holds `liftoff:domainName`.
 
 Exit status: 1 when any check is a blocker, 0 otherwise. Secure config values cannot be read
-offline: a `secure:` `liftoff:llmApiKey` in the stack file counts as set.
+offline: a `secure:` `liftoff:llmApiKey` in the stack file counts as set, and so does one the
+stack's Pulumi ESC environments supply when the `pulumi` CLI lists it (`infra.esc`).
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ import boto3
 import yaml
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from infra import readiness
+from infra import esc, readiness
+from infra.console_table import status_table, stdout_console
 from infra.plan import PlanInputError, parse_overrides
 from infra.settings import SettingsError, StackSettings, config_key, load_stack_file, stack_file
 
@@ -85,10 +85,11 @@ def stack_config_value(stack: str, key: str) -> Any:
 
 
 def load_settings_for(stack: str, overrides: Mapping[str, str]) -> StackSettings:
-    """The stack's settings as `pulumi up` would see them, secure values counted as set."""
+    """The stack's settings as `pulumi up` would see them, secure values (in the stack file or
+    from its ESC environments) counted as set."""
     with_secure = dict(overrides)
     llm_key = config_key("llm_api_key")
-    if llm_key in secure_keys(stack):
+    if llm_key in secure_keys(stack) | esc.supplied_config_keys(stack):
         with_secure.setdefault(llm_key, SECURE_PLACEHOLDER)
     return load_stack_file(stack, with_secure)
 
@@ -295,15 +296,15 @@ def report_json(report: PreflightReport) -> dict[str, Any]:
 
 
 def render(report: PreflightReport, console: Console) -> None:
-    table = Table(title=f"Preflight of stack {escape(report.stack)}")
-    for column in ("check", "status", "detail", "fix"):
-        table.add_column(column, overflow="fold")
-    colours = {"ok": "green", "blocker": "red", "skipped": "dim"}
-    for c in report.checks:
-        table.add_row(
-            escape(c.check), f"[{colours[c.status]}]{c.status}[/]", escape(c.detail), escape(c.fix)
+    console.print(
+        status_table(
+            f"Preflight of stack {report.stack}",
+            ("check", "status", "detail", "fix"),
+            ((c.check, c.status, c.detail, c.fix) for c in report.checks),
+            status_column="status",
+            colours={"ok": "green", "blocker": "red", "skipped": "dim"},
         )
-    console.print(table)
+    )
     if report.ready:
         console.print(
             "[green]ready:[/green] nothing blocks `pulumi up` on this machine and account"
@@ -338,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(json.dumps(report_json(report), indent=2) + "\n")
     else:
-        render(report, Console(width=160) if not sys.stdout.isatty() else Console())
+        render(report, stdout_console())
     return 0 if report.ready else 1
 
 

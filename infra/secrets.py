@@ -133,7 +133,9 @@ class Secrets(pulumi.ComponentResource):
             f"{name}-app", APP_NAMESPACE, APP_SERVICE_ACCOUNT, policy
         )
         self.app_role_arn = role.arn
-        self.register_outputs({"secretArns": self.secret_arns, "appRoleArn": role.arn})
+        self.register_outputs(
+            {"secretArns": self.secret_arns, "appRoleArn": role.arn, "keyArn": key.arn}
+        )
 
 
 def secret_recovery_window_days(settings: StackSettings) -> int:

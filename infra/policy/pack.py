@@ -1,4 +1,4 @@
-"""Adapt `infra.policies.RULES` to CrossGuard policies; the rule logic stays in infra/policies.py.
+"""Adapt `infra.policies.RULES` to CrossGuard policies; the rule logic stays in infra/rules/.
 
 Resource rules become `ResourceValidationPolicy`s and see one resource's inputs; rules that relate
 resources become `StackValidationPolicy`s over the stack's resources (outputs, with property

@@ -47,20 +47,20 @@ def settings(overrides: dict[str, str], stack: str = "dev") -> StackSettings:
 
 
 def test_types_without_instance_data_or_price_are_refused_unless_allowed() -> None:
-    found = problems({"liftoff:nodeInstanceTypes": '["m9gz.large", "c7g.large"]'})
+    found = problems({"liftoff:nodeInstanceTypes": '["m9gz.large", "c7gn.large"]'})
     assert found == [
-        'liftoff:nodeInstanceTypes = ["m9gz.large", "c7g.large"]: types in '
+        'liftoff:nodeInstanceTypes = ["m9gz.large", "c7gn.large"]: types in '
         "infra/data/instances.json with a us-east-1 price in infra/data/prices.json "
-        "(m9gz.large: no instance data; c7g.large: no price); add them there, or set "
+        "(m9gz.large: no instance data; c7gn.large: no price); add them there, or set "
         "liftoff:allowUnknownInstanceTypes=true to deploy them unchecked"
     ]
     allowed = settings(
         {
-            "liftoff:nodeInstanceTypes": '["c7g.large", "c7g.xlarge"]',
+            "liftoff:nodeInstanceTypes": '["c7gn.large", "c7gn.xlarge"]',
             "liftoff:allowUnknownInstanceTypes": "true",
         }
     )
-    assert allowed.node_instance_types == ["c7g.large", "c7g.xlarge"]
+    assert allowed.node_instance_types == ["c7gn.large", "c7gn.xlarge"]
     assert settings({"liftoff:nodeInstanceTypes": '["m7i.large"]'})
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from infra.verify.cli import main
+
+sys.exit(main())
