@@ -14,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 
+from app.auth import parse_client_keys
 from app.config import ConfigError, GatewayConfig, load_config
 from app.log import setup_logging
 from app.server import create_app
@@ -73,6 +74,10 @@ def main() -> None:
         workers = int(env.get("LIFTOFF_WORKERS", "1"))
         if workers < 1:
             raise ConfigError(f"LIFTOFF_WORKERS = {workers}: must be an integer >= 1")
+        # Keys given in the environment are checked here, so a typo exits 2 with its message
+        # instead of failing uvicorn's startup (exit 3, traceback); keys from Secrets Manager
+        # can only be checked once fetched.
+        parse_client_keys(env.get("LIFTOFF_CLIENT_KEYS"))
     except ValueError as exc:
         print(f"liftoff: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.app.gateway_harness import PROVIDER_KEY
 
@@ -109,6 +110,24 @@ def test_sigterm_drains_in_flight_stream_and_readiness_fails_at_once():
         raise AssertionError("server still answering after shutdown")
     except httpx.TransportError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ('[{"name": "web"}]', "client keys"),
+    ],
+)
+def test_malformed_client_keys_exit_2_with_the_message_and_no_traceback(keys, message):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTOFF")}
+    env["LIFTOFF_CLIENT_KEYS"] = keys
+    result = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_invalid_config_exits_with_a_clear_message():
