@@ -11,6 +11,29 @@ from dataclasses import dataclass, field
 
 import orjson
 
+# --- quoting client input ----------------------------------------------------------------------
+
+# A quoted client value is cut to this many characters: enough for any real model name (a
+# fine-tuned "ft:<base>:<org>:<suffix up to 64>:<id>" stays under it), small enough that a hostile
+# 100 KB value is not reflected back (response size, log volume, reflected-content abuse).
+ECHO_MAX_CHARS = 128
+# Backstops for whole messages and params, including the provider's own 4xx text, which may quote
+# a forwarded client value at any length.
+MESSAGE_MAX_CHARS = 1024
+PARAM_MAX_CHARS = 128
+
+
+def clip(text: str, limit: int = ECHO_MAX_CHARS) -> str:
+    """``text`` whole when it fits in ``limit`` characters, else its prefix and an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def echo(value: object) -> str:
+    """A client-supplied value as an error message quotes it: a string as is, others by repr,
+    bounded by :data:`ECHO_MAX_CHARS`."""
+    return clip(value if isinstance(value, str) else repr(value))
+
+
 # --- internal errors ---------------------------------------------------------------------------
 
 
@@ -135,9 +158,9 @@ class ApiError:
     def payload(self) -> dict:
         return {
             "error": {
-                "message": self.message,
+                "message": clip(self.message, MESSAGE_MAX_CHARS),
                 "type": self.type,
-                "param": self.param,
+                "param": None if self.param is None else clip(self.param, PARAM_MAX_CHARS),
                 "code": self.code,
             }
         }
@@ -174,7 +197,7 @@ def to_api_error(exc: BaseException) -> ApiError:
         case ModelNotFound():
             return ApiError(
                 404,
-                f"The model '{exc.model}' does not exist or you do not have access to it.",
+                f"The model '{echo(exc.model)}' does not exist or you do not have access to it.",
                 "invalid_request_error",
                 "model",
                 "model_not_found",

@@ -76,6 +76,7 @@ log = logging.getLogger("liftoff.gateway")
 SIMULATOR_KEY = "sk-liftoff-simulator"  # what the gateway sends to its built-in simulator
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 # Request ids made here: 32 hex digits, a random per-process prefix and a sequence number
 # (unique across replicas without a uuid4 and its urandom call per request).
 _ID_PREFIX = os.urandom(8).hex()
@@ -387,6 +388,9 @@ class Gateway:
             self.access_log.write(fields)
 
     def error_response(self, ctx: Ctx, exc: BaseException) -> Response:
+        if isinstance(exc, ClientDisconnect):
+            # Left mid-upload: nobody reads an answer and nothing failed here (no log, no 500).
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         api = to_api_error(exc)
         if api.status >= 500 and not isinstance(exc, NotReady | StateUnavailable):
             log.error(

@@ -17,11 +17,18 @@ from typing import Any, Literal
 import orjson
 
 from app.config import ModelsConfig, ModelSpec
-from app.errors import InvalidRequest, ModelNotFound, PayloadTooLarge, UnsupportedMediaType
+from app.errors import InvalidRequest, ModelNotFound, PayloadTooLarge, UnsupportedMediaType, echo
 
 Kind = Literal["chat", "completions"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+# OpenAI documents no maximum number of `logit_bias` entries (its reference gives only the
+# value range, -100 to 100). 1024 covers any realistic ban or boost list (a word is one to three
+# tokens) while a hostile map of thousands of keys is refused before it is walked, hashed into
+# the cache key and forwarded.
+MAX_LOGIT_BIAS_ENTRIES = 1024
+LOGIT_BIAS_RANGE = 100
 
 
 @dataclass(slots=True)
@@ -171,6 +178,48 @@ def _stop(body: dict, max_stop: int) -> None:
         )
 
 
+def _logit_bias(body: dict) -> None:
+    value = body.get("logit_bias")
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            f"Invalid type for 'logit_bias': expected an object, got {type(value).__name__}.",
+            "logit_bias",
+            "invalid_type",
+        )
+    if len(value) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidRequest(
+            f"Invalid 'logit_bias': {len(value)} entries given; at most "
+            f"{MAX_LOGIT_BIAS_ENTRIES} are allowed.",
+            "logit_bias",
+            "invalid_value",
+        )
+    for token, bias in value.items():
+        # isascii: str.isdigit alone accepts digits of other scripts ("²", "٣").
+        if not (token.isascii() and token.isdigit()):
+            raise InvalidRequest(
+                f"Invalid key in 'logit_bias': {echo(token)}. You should only be submitting "
+                "non-negative integers.",
+                "logit_bias",
+                "invalid_value",
+            )
+        if not _is_number(bias):
+            raise InvalidRequest(
+                f"Invalid type for 'logit_bias.{echo(token)}': expected a number, got "
+                f"{type(bias).__name__}.",
+                "logit_bias",
+                "invalid_type",
+            )
+        if not -LOGIT_BIAS_RANGE <= bias <= LOGIT_BIAS_RANGE:
+            raise InvalidRequest(
+                f"Invalid value for 'logit_bias.{echo(token)}': {bias} is out of range; allowed is "
+                f"-{LOGIT_BIAS_RANGE} to {LOGIT_BIAS_RANGE}.",
+                "logit_bias",
+                "invalid_value",
+            )
+
+
 def _stream_flags(body: dict) -> tuple[bool, bool]:
     stream = _boolean(body, "stream")
     options = body.get("stream_options")
@@ -216,7 +265,7 @@ def _common(body: dict, models: ModelsConfig) -> tuple[int, bool, bool]:
     _integer(body, "seed", -(2**63), 2**63 - 1)
     _string(body, "user")
     _stop(body, models.max_stop)
-    _typed(body, "logit_bias", (dict,), "an object")
+    _logit_bias(body)
     stream, include_usage = _stream_flags(body)
     return n, stream, include_usage
 
@@ -243,9 +292,10 @@ def _messages(body: dict) -> None:
                 f"Invalid type for '{param}': expected an object.", param, "invalid_type"
             )
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a dict or list role is unhashable
             raise InvalidRequest(
-                f"Invalid value for '{param}.role': {role!r}; allowed are {sorted(ROLES)}.",
+                f"Invalid value for '{param}.role': {echo(repr(role))}; "
+                f"allowed are {sorted(ROLES)}.",
                 f"{param}.role",
                 "invalid_value",
             )

@@ -50,6 +50,9 @@ class GatewayApp(Starlette):
 
     def __init__(self, *args: Any, hot_routes: Mapping[str, Endpoint], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Starlette would answer a trailing-slash variant with a redirect built from the Host
+        # header; like OpenAI, such a URL is an unknown route (an OpenAI-shaped 404).
+        self.router.redirect_slashes = False
         self.hot_routes = dict(hot_routes)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
