@@ -1,5 +1,5 @@
-"""The tables the command-line checks print (`infra.preflight`, `infra.verify`): plain columns
-and one status column coloured by its value."""
+"""Console output of the command-line tools: the stdout console (`infra.plan`, `infra.preflight`,
+`infra.verify`) and the checks' table of plain columns with one status column coloured by value."""
 
 from __future__ import annotations
 

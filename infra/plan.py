@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from infra import readiness
+from infra.console_table import stdout_console
 from infra.cost import CostEstimate, estimate
 from infra.mocking import ProgramRun, RecordedResource, run_program
 from infra.policies import (
@@ -88,6 +89,18 @@ class PlanInputError(ValueError):
 
 
 # --- --set parsing -------------------------------------------------------------------------
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The repeatable `--set KEY=VALUE` option (read with `parse_overrides`)."""
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help_text,
+    )
 
 
 def parse_overrides(assignments: Iterable[str]) -> dict[str, str]:
@@ -538,13 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--stack", default="dev", help="stack name: dev, staging, prod (Pulumi.<stack>.yaml)"
     )
-    parser.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key for a what-if, e.g. aws:region=us-west-2 (repeatable)",
+    add_set_argument(
+        parser, "override a config key for a what-if, e.g. aws:region=us-west-2 (repeatable)"
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
@@ -557,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(json.dumps(report_json(report), indent=2) + "\n")
     else:
-        render(report, Console(width=160) if not sys.stdout.isatty() else Console())
+        render(report, stdout_console())
     return 1 if report.violations else 0
 
 

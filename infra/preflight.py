@@ -34,7 +34,7 @@ from rich.console import Console
 
 from infra import esc, readiness
 from infra.console_table import status_table, stdout_console
-from infra.plan import PlanInputError, parse_overrides
+from infra.plan import PlanInputError, add_set_argument, parse_overrides
 from infra.settings import SettingsError, StackSettings, config_key, load_stack_file, stack_file
 
 Status = Literal["ok", "blocker", "skipped"]
@@ -320,14 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Check what a real `pulumi up` of a stack needs, creating nothing.",
     )
     parser.add_argument("--stack", default="dev", help="stack name (Pulumi.<stack>.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, as in make plan (repeatable)",
-    )
+    add_set_argument(parser, "override a config key, as in make plan (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     args = parser.parse_args(argv)
     try:
