@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +23,9 @@ import yaml
 from app.config import DEFAULTS_PATH, GatewayConfig
 from app.gateway import Gateway
 from app.server import create_app
+from tests.fixtures.redis import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROVIDER_KEY = "sk-provider-secret-0123456789abcdef"
 ALICE = "alice-key-0123456789abcdef"
@@ -131,3 +139,45 @@ async def running(
             transport=transport, base_url="http://gateway", timeout=30
         ) as client:
             yield Running(app.state.gateway, client)
+
+
+@contextlib.contextmanager
+def app_processes(count: int, env: Mapping[str, str]) -> Iterator[list[str]]:
+    """`count` `python -m app` processes, each on its own free port with `env` over this
+    environment minus its LIFTOFF_* variables; yields their /v1 URLs once all are ready. A process
+    that exits, or is not ready within 30 s, fails the test with its log."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LIFTOFF")} | dict(env)
+    ports = [free_port() for _ in range(count)]
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = [Path(tmp) / f"gateway-{i}.log" for i in range(count)]
+        try:
+            for port, log in zip(ports, logs, strict=True):
+                with log.open("w") as out:
+                    processes.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "app"],
+                            cwd=ROOT,
+                            env=base | {"LIFTOFF__SERVER__PORT": str(port)},
+                            stdout=out,
+                            stderr=out,
+                        )
+                    )
+            deadline = time.monotonic() + 30
+            for port, process, log in zip(ports, processes, logs, strict=True):
+                while True:
+                    assert process.poll() is None, log.read_text()
+                    assert time.monotonic() < deadline, (
+                        f"gateway did not become ready:\n{log.read_text()}"
+                    )
+                    with contextlib.suppress(httpx.TransportError):
+                        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                        if ready.status_code == 200:
+                            break
+                    time.sleep(0.1)
+            yield [f"http://127.0.0.1:{port}/v1" for port in ports]
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=30)

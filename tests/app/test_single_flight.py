@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
@@ -21,10 +17,14 @@ import pytest
 from app.cache import MemoryResponseCache, RedisResponseCache
 from app.redis_backend import create_redis
 from app.server import create_app
-from tests.app.gateway_harness import ALICE, PROVIDER_KEY, client_keys_json, make_config, served
-from tests.fixtures.redis import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.app.gateway_harness import (
+    ALICE,
+    PROVIDER_KEY,
+    app_processes,
+    client_keys_json,
+    make_config,
+    served,
+)
 
 ROUTE = "POST /v1/chat/completions"
 CONCURRENT = 50
@@ -44,43 +44,21 @@ def gateway_processes(
     count: int, upstream_url: str, redis_url: str, **env: str
 ) -> Iterator[list[str]]:
     """`count` `python -m app` processes on one Redis; yields their /v1 URLs."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("LIFTOFF")} | {
-        "LIFTOFF_UPSTREAM_URL": upstream_url,
-        "LIFTOFF_REDIS_URL": redis_url,
-        "LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY,
-        "LIFTOFF_CLIENT_KEYS": client_keys_json(alice={"rpm": 100_000}),
-        "LIFTOFF__SERVER__ACCESS_LOG": "false",
-        "LIFTOFF__UPSTREAM__FORWARD_HEADERS": (
-            "[x-simulator-fail-times, x-simulator-request-key, x-simulator-ttft-ms]"
-        ),
-        **env,
-    }
-    ports = [free_port() for _ in range(count)]
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "app"],
-            cwd=ROOT,
-            env=base | {"LIFTOFF__SERVER__PORT": str(port)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    try:
-        for port, process in zip(ports, processes, strict=True):
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None and time.monotonic() < deadline, "no gateway"
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                        break
-                time.sleep(0.1)
-        yield [f"http://127.0.0.1:{port}/v1" for port in ports]
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
+    with app_processes(
+        count,
+        {
+            "LIFTOFF_UPSTREAM_URL": upstream_url,
+            "LIFTOFF_REDIS_URL": redis_url,
+            "LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY,
+            "LIFTOFF_CLIENT_KEYS": client_keys_json(alice={"rpm": 100_000}),
+            "LIFTOFF__SERVER__ACCESS_LOG": "false",
+            "LIFTOFF__UPSTREAM__FORWARD_HEADERS": (
+                "[x-simulator-fail-times, x-simulator-request-key, x-simulator-ttft-ms]"
+            ),
+            **env,
+        },
+    ) as urls:
+        yield urls
 
 
 def identical_requests(urls: list[str], count: int, content: str) -> list[tuple[str, str]]:

@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import openai
 import orjson
@@ -22,9 +18,8 @@ from app.accounting import TokenCounter
 from app.limits import KeyPolicy, LimitStore, MemoryLimitStore, RedisLimitStore
 from app.redis_backend import create_redis
 from app.server import create_app
-from tests.app.gateway_harness import PROVIDER_KEY, make_config, served
+from tests.app.gateway_harness import PROVIDER_KEY, app_processes, make_config, served
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "gpt-4o-mini-2024-07-18"
 
 
@@ -207,66 +202,30 @@ def test_sdk_cache_hits_count_against_tpm_only_when_configured(simulator, count_
     assert int(probe.headers["x-ratelimit-remaining-tokens"]) == pytest.approx(expected, abs=1)
 
 
-def _start_gateway(port: int, simulator_url: str, redis_url: str, keys: str, log: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTOFF")} | {
-        "LIFTOFF__SERVER__PORT": str(port),
-        "LIFTOFF__SERVER__ACCESS_LOG": "false",
-        "LIFTOFF__BATCHING__ENABLED": "false",
-        "LIFTOFF__UPSTREAM__FORWARD_HEADERS": "[x-simulator-tokens]",
-        "LIFTOFF_UPSTREAM_URL": simulator_url,
-        "LIFTOFF_REDIS_URL": redis_url,
-        "LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY,
-        "LIFTOFF_CLIENT_KEYS": keys,
-    }
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
-
-
 @pytest.fixture(scope="module")
 def two_processes(simulator, redis_server) -> Iterator[list[str]]:
     """Two `python -m app` processes sharing one Redis (started once: each test has its own key);
     yields their /v1 URLs."""
-    import httpx
-
-    from tests.fixtures.redis import free_port
-
     redis_server.start()  # in case a test stopped it
-    redis_url = redis_server.url
-
     keys = orjson.dumps(
         [
             {"name": "alice", "key": "alice-key-0123456789abcdef", "tpm": 3000, "rpm": 10_000},
             {"name": "bob", "key": "bob-key-0123456789abcdef", "tpm": 3000, "rpm": 10_000},
         ]
     ).decode()
-    ports = [free_port(), free_port()]
-    with tempfile.TemporaryDirectory() as tmp:
-        logs = [Path(tmp) / f"gateway-{i}.log" for i in range(2)]
-        processes = [
-            _start_gateway(port, simulator.url, redis_url, keys, log)
-            for port, log in zip(ports, logs, strict=True)
-        ]
-        try:
-            deadline = time.monotonic() + 30
-            for port, process, log in zip(ports, processes, logs, strict=True):
-                while True:
-                    assert process.poll() is None, log.read_text()
-                    assert time.monotonic() < deadline, "gateway did not become ready"
-                    try:
-                        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                        if ready.status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.1)
-            yield [f"http://127.0.0.1:{port}/v1" for port in ports]
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(timeout=30)
+    with app_processes(
+        2,
+        {
+            "LIFTOFF__SERVER__ACCESS_LOG": "false",
+            "LIFTOFF__BATCHING__ENABLED": "false",
+            "LIFTOFF__UPSTREAM__FORWARD_HEADERS": "[x-simulator-tokens]",
+            "LIFTOFF_UPSTREAM_URL": simulator.url,
+            "LIFTOFF_REDIS_URL": redis_server.url,
+            "LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY,
+            "LIFTOFF_CLIENT_KEYS": keys,
+        },
+    ) as urls:
+        yield urls
 
 
 TPM = 3000
