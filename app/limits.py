@@ -596,8 +596,10 @@ class RedisLimitStore:
         self._clock = clock
         self._retention_s = int(retention_s)
         self._admit = register_script(redis, (_LUA_DIR / "admit.lua").read_text())
-        self._settle = register_script(redis, (_LUA_DIR / "settle.lua").read_text())
-        self._release = register_script(redis, (_LUA_DIR / "release.lua").read_text())
+        # Redis scripts cannot load one another: both carry the shared reservation steps.
+        reservation = (_LUA_DIR / "reservation.lua").read_text()
+        self._settle = register_script(redis, reservation + (_LUA_DIR / "settle.lua").read_text())
+        self._release = register_script(redis, reservation + (_LUA_DIR / "release.lua").read_text())
 
     def _month_keys(self, month: str) -> list[str]:
         p = self._prefix
