@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: plan preflight verify capacity serve simulator test test-infra test-app test-charts bench lint format image helm lock clean
+.PHONY: plan preflight verify capacity serve simulator test test-infra test-app test-charts bench soak reliability lint format image helm lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,8 +47,14 @@ test-app: $(STAMP)
 test-charts: $(STAMP) helm
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest tests/charts $(ARGS)
 
-bench: $(STAMP)  ## load benchmark of the gateway; writes bench/results.json
+bench: $(STAMP)  ## load benchmark of the gateway, with ratios to a bare proxy; writes bench/results.json
 	$(PY) -m bench $(ARGS)
+
+soak: $(STAMP)  ## 5-minute memory soak of the gateway (RSS may grow <= 5%); writes bench/soak.json
+	$(PY) -m bench.soak $(ARGS)
+
+reliability: $(STAMP)  ## faults under load through HAProxy (needs haproxy) + accounting checks; writes reliability/report.json
+	$(PY) -m reliability $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -2,13 +2,21 @@
 
 SIGTERM: readiness goes false at once (``/readyz`` answers 503), the server waits
 ``server.shutdown_delay_s`` (so load balancers stop sending), then stops accepting connections and
-lets in-flight requests and streams finish within ``server.graceful_shutdown_s``.
+lets in-flight requests and streams finish within ``server.graceful_shutdown_s``. SIGINT (Ctrl-C at
+a terminal, no load balancer to wait for) and a second signal skip the delay.
+
+Connections are served by :class:`app.http_protocol.LimitedHttpProtocol` (header limits, read
+deadlines, a connection bound, JSON refusals).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import os
+import resource
+import signal
 import sys
 from types import FrameType
 
@@ -16,8 +24,15 @@ import uvicorn
 
 from app.auth import parse_client_keys
 from app.config import ConfigError, GatewayConfig, load_config
+from app.http_protocol import LimitedHttpProtocol
 from app.log import setup_logging
+from app.metrics import worker_metrics_dir
 from app.server import create_app
+
+log = logging.getLogger("liftoff")
+# Descriptors besides client connections and the provider and Redis pools: files, pipes, the
+# listener.
+_OTHER_DESCRIPTORS = 64
 
 
 def _banner(config: GatewayConfig, env: dict[str, str]) -> str:
@@ -46,8 +61,33 @@ def _banner(config: GatewayConfig, env: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _ensure_descriptors(config: GatewayConfig) -> None:
+    """Raise the soft open-file limit (up to the hard one) so ``server.max_connections`` is the
+    bound that holds, not accept() failing with EMFILE (the Go runtime raises it the same way)."""
+    needed = (
+        config.server.max_connections
+        + config.upstream.max_connections
+        + config.redis.max_connections
+        + _OTHER_DESCRIPTORS
+    )
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < needed:
+        log.warning(
+            "open-file limit %d (hard) is below the %d descriptors server.max_connections = %d "
+            "needs: accept() may fail before the bound",
+            hard,
+            needed,
+            config.server.max_connections,
+        )
+
+
 class DrainingServer(uvicorn.Server):
-    """uvicorn.Server whose first SIGTERM/SIGINT marks the gateway not ready before draining."""
+    """uvicorn.Server whose first SIGTERM marks the gateway not ready, waits the delay, then
+    drains; SIGINT marks it not ready and drains at once."""
 
     def __init__(self, config: uvicorn.Config, gateway: object, delay_s: float) -> None:
         super().__init__(config)
@@ -56,7 +96,7 @@ class DrainingServer(uvicorn.Server):
         self._signalled = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._signalled or self._delay_s <= 0:
+        if self._signalled or self._delay_s <= 0 or sig != signal.SIGTERM:
             self._gateway.begin_drain()
             super().handle_exit(sig, frame)
             return
@@ -82,11 +122,15 @@ def main() -> None:
         print(f"liftoff: {exc}", file=sys.stderr)
         sys.exit(2)
     print(_banner(config, env), file=sys.stderr, flush=True)
+    _ensure_descriptors(config)
     common = dict(
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",
-        http="httptools",
+        http=functools.partial(LimitedHttpProtocol, limits=config.server),
+        # The gateway serves no WebSocket: an Upgrade header stays a plain HTTP request, under
+        # the limits above.
+        ws="none",
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -96,8 +140,9 @@ def main() -> None:
         server_header=False,
     )
     if workers > 1:
-        # Each worker process runs its own gateway (own pools, own metrics registry).
-        uvicorn.run("app.server:create_app_from_env", factory=True, workers=workers, **common)
+        # Each worker process runs its own gateway (own pools); /metrics adds up all of them.
+        with worker_metrics_dir():
+            uvicorn.run("app.server:create_app_from_env", factory=True, workers=workers, **common)
         return
     app = create_app(config, env, tune_gc=True)
     server = DrainingServer(

@@ -7,15 +7,23 @@ counting goes straight to the Rust tokenizer of `bpe_openai` (tiktoken-compatibl
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import importlib.machinery
+import importlib.util
 import math
+import mmap
+import os
+import re
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import orjson
-from bpe_openai import _bindings
 
 from app.parts import part_tokens
 
@@ -28,6 +36,27 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
 
 
+BINDINGS = "bpe_openai._bindings"
+
+
+@functools.cache
+def _bindings() -> ModuleType:
+    """bpe_openai's compiled tokenizers, without running the package's ``__init__``: that builds
+    its tiktoken-compatibility tables (every encoding's ranks as Python dicts, ~65 MiB that stay
+    resident), which counting never uses. Shared with ``import bpe_openai`` in either order."""
+    if BINDINGS in sys.modules:
+        return sys.modules[BINDINGS]
+    package = importlib.util.find_spec("bpe_openai")
+    assert package is not None and package.submodule_search_locations is not None
+    spec = importlib.machinery.PathFinder.find_spec(BINDINGS, package.submodule_search_locations)
+    if spec is None:
+        raise ImportError(f"{BINDINGS} not found in {package.submodule_search_locations}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[BINDINGS] = module  # a compiled module can be initialised once per process
+    spec.loader.exec_module(module)
+    return module
+
+
 @functools.cache
 def _tokenizer(encoding: str) -> Any:
     """The Rust tokenizer for `encoding`, built once per process (building costs ~50 ms)."""
@@ -35,7 +64,35 @@ def _tokenizer(encoding: str) -> Any:
         raise ValueError(f"encoding {encoding!r} is not supported; allowed: {', '.join(ENCODINGS)}")
     # `count` avoids materialising the token list and, unlike `Encoding.encode_ordinary`, has no
     # 200k-token / 1M-character guard that would raise instead of counting a large prompt.
-    return _bindings.tokenizer_for_encoding(encoding)
+    built = _bindings().tokenizer_for_encoding(encoding)
+    _release_file_pages(os.path.realpath(_bindings().__file__))  # as the kernel names it
+    return built
+
+
+def _release_file_pages(path: str) -> None:
+    """Drop the resident pages of `path`'s read-only, never-written mappings (Linux only).
+
+    The tokenizers are built from data embedded in the compiled module (72 MB of .rodata); building
+    both reads ~45 MiB of it, which then stays resident though counting never reads it again. Such
+    pages are clean copies of the file: MADV_DONTNEED only unmaps them, a later read faults them
+    back in. A mapping holding written (anonymous) pages, like the relocated RELRO segment, is
+    left alone: dropping those would lose the writes."""
+    try:
+        smaps = Path("/proc/self/smaps").read_text()
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", smaps):
+        header = block.split("\n", 1)[0].split(maxsplit=5)
+        if (
+            len(header) == 6
+            and header[1] == "r--p"
+            and header[5] == path
+            and re.search(r"^Anonymous:\s+0 kB$", block, re.MULTILINE)
+        ):
+            start, end = (int(address, 16) for address in header[0].split("-"))
+            madvise(start, end - start, mmap.MADV_DONTNEED)
 
 
 def _utf8_safe(text: str) -> str:
@@ -46,6 +103,14 @@ def _utf8_safe(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+def token_ids(text: str, encoding: str = "o200k_base") -> list[int]:
+    """`text` as token ids, special-token text as plain text (as the provider reads user input)."""
+    try:
+        return _tokenizer(encoding).encode(text)
+    except UnicodeEncodeError:
+        return _tokenizer(encoding).encode(_utf8_safe(text))
 
 
 class TokenCounter:
@@ -171,15 +236,16 @@ class TokenUsage(NamedTuple):
     def of(cls, usage: Mapping[str, Any] | None) -> TokenUsage:
         if not usage:
             return _NO_USAGE
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
+        # Chat and completions say prompt/completion; the Responses API says input/output.
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         cached = reasoning = 0
-        details = usage.get("prompt_tokens_details")
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
         if details:
             cached = int(details.get("cached_tokens") or 0)
             if cached > prompt:  # a part never exceeds its whole, whatever a provider says
                 cached = prompt
-        details = usage.get("completion_tokens_details")
+        details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
         if details:
             reasoning = int(details.get("reasoning_tokens") or 0)
             if reasoning > completion:

@@ -13,7 +13,7 @@ import orjson
 from app.errors import AuthenticationFailed, PermissionDenied
 
 DEV_KEY = "liftoff-dev-key"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _ALLOWED_FIELDS = {"name", "key", "key_sha256", "rpm", "tpm", "monthly_budget_usd", "admin"}
 
 
@@ -84,7 +84,7 @@ def parse_client_keys(raw: str | None) -> list[ClientKey]:
                 raise ClientKeysError(f"{where}.key: must be a string of at least 16 characters")
             hashed = hash_key(key)
         else:
-            if not isinstance(digest, str) or not _HEX64.match(digest.lower()):
+            if not isinstance(digest, str) or not _HEX64.fullmatch(digest.lower()):
                 raise ClientKeysError(f"{where}.key_sha256: must be 64 hex characters")
             hashed = bytes.fromhex(digest)
         admin = entry.get("admin", False)

@@ -415,6 +415,7 @@ class ResilientCache:
     def __init__(self, inner: ResponseCache, health: BackendHealth | None = None) -> None:
         self.inner = inner
         self.health = health or BackendHealth()
+        self.health.serve("cache", "off")  # lookups miss and writes are dropped while it is down
         self.errors_total = 0
 
     @property

@@ -14,6 +14,7 @@ what is allowed. Secrets are never part of this model (see ``app/secrets.py``).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,8 @@ from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.gcra import BurstFractions
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 ENV_PREFIX = "LIFTOFF__"
@@ -43,12 +46,35 @@ class ServerConfig(_Section):
     graceful_shutdown_s: float = Field(
         120, ge=0, description="drain time for in-flight requests/streams"
     )
+    # 35 s: a load balancer that only learns of a drain from /readyz needs its health-check
+    # interval x unhealthy threshold to stop sending (this stack's ALB: 10 s x 3 = 30 s; HAProxy's
+    # defaults 2 s x 3), plus a few seconds for it to act. The chart sets 0: its preStop sleep
+    # runs while the ALB deregisters the pod, before SIGTERM.
     shutdown_delay_s: float = Field(
-        0,
+        35,
         ge=0,
+        le=600,
         description="after SIGTERM: stay up this long (readiness already false) before draining",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    # Connection limits (app/http_protocol.py), far above what a real OpenAI client sends or
+    # takes: the SDKs send ~20 headers in ~1 KB at once, and the ALB's own head limit is 64 KB.
+    max_header_bytes: int = Field(
+        65_536, ge=4096, le=1_048_576, description="request line + headers, larger -> 431"
+    )
+    max_headers: int = Field(100, ge=16, le=10_000, description="header fields, more -> 431")
+    header_timeout_s: float = Field(
+        30, gt=0, le=600, description="from a request's first byte to the end of its headers"
+    )
+    body_timeout_s: float = Field(
+        60, gt=0, le=3600, description="from the end of the headers to the end of the body"
+    )
+    idle_timeout_s: float = Field(
+        60, gt=0, le=3600, description="a new connection's wait for its first request"
+    )
+    max_connections: int = Field(
+        4096, ge=16, le=1_000_000, description="open client connections per process"
+    )
     log_prompts: bool = False
     access_log: bool = True
     token_count_offload_chars: int = Field(
@@ -60,6 +86,10 @@ class RetryConfig(_Section):
     max_attempts: int = Field(4, ge=1, le=10)
     base_s: float = Field(0.25, gt=0, le=60)
     cap_s: float = Field(8, gt=0, le=300)
+    # The retry budget (app/overload.py): retries in the last 10 s may add at most this share of
+    # the first calls, plus the floor per second (a quiet gateway still retries its odd failure).
+    budget_ratio: float = Field(0.2, ge=0, le=10, description="retries per first call")
+    budget_min_per_s: float = Field(1, ge=0, le=10_000, description="retries/s always allowed")
 
     @model_validator(mode="after")
     def _cap_over_base(self) -> RetryConfig:
@@ -78,14 +108,96 @@ class ModerationConfig(_Section):
     model: str = Field("omni-moderation-latest", min_length=1)
 
 
+PROVIDER_NAME = r"^[a-z][a-z0-9-]{0,31}$"
+# Azure OpenAI's dated API versions ("2024-10-21", "2025-04-01-preview") or its v1 API.
+AZURE_API_VERSION = re.compile(r"v1|[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?")
+AWS_REGION = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"
+# Bedrock's regional endpoints (runtime, mantle, FIPS, VPC endpoint names): the region in the host.
+BEDROCK_HOST = re.compile(
+    r"(^|\.)bedrock-(runtime|mantle)(-fips)?\.(?P<region>[a-z]{2}(-[a-z]+)+-\d{1,2})\."
+)
+DEFAULT_PROVIDER = "default"  # the one provider `upstream.url` defines when `providers` is empty
+
+
+def _http_url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"must be an http(s) URL such as https://api.openai.com, got {value!r}")
+    if parsed.username or parsed.password:
+        raise ValueError("must not contain credentials: set the provider's API key secret instead")
+    return value.rstrip("/")
+
+
+class ProviderConfig(_Section):
+    """One named provider; its key comes from LIFTOFF_PROVIDER_<NAME>_API_KEY[_SECRET_ARN]."""
+
+    name: str = Field(pattern=PROVIDER_NAME)
+    kind: Literal["openai", "azure", "bedrock"] = "openai"
+    url: str
+    api_version: str | None = None
+    auth: Literal["api_key", "entra", "sigv4"] = "api_key"
+    deployments: dict[str, str] = Field(default_factory=dict)
+    region: str | None = Field(None, pattern=AWS_REGION)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ProviderConfig:
+        only = {
+            "api_version": ("azure", self.api_version is not None),
+            "deployments": ("azure", bool(self.deployments)),
+            "auth: entra": ("azure", self.auth == "entra"),
+            "auth: sigv4": ("bedrock", self.auth == "sigv4"),
+            "region": ("bedrock", self.region is not None),
+        }
+        for setting, (kind, is_set) in only.items():
+            if is_set and self.kind != kind:
+                raise ValueError(f"{setting}: only for kind {kind} (this provider is {self.kind})")
+        if self.kind == "azure":
+            if self.api_version is None:
+                raise ValueError(
+                    "api_version: required for kind azure: a dated version such as "
+                    "'2024-10-21' or 'v1' (the v1 API)"
+                )
+            if not AZURE_API_VERSION.fullmatch(self.api_version):
+                raise ValueError(
+                    f"api_version: {self.api_version!r} is not 'v1' or a dated version such as "
+                    "'2024-10-21' or '2025-04-01-preview'"
+                )
+            bad = sorted(m for m, d in self.deployments.items() if not d or "/" in d)
+            if bad:
+                raise ValueError(f"deployments: {bad}: a deployment name is non-empty, no '/'")
+        if self.kind == "bedrock" and self.aws_region is None:
+            raise ValueError(
+                "region: required for kind bedrock when the url is not a regional Bedrock "
+                "endpoint such as https://bedrock-runtime.us-east-1.amazonaws.com"
+            )
+        return self
+
+    @property
+    def aws_region(self) -> str | None:
+        """bedrock: ``region``, else the region in the endpoint's host name."""
+        if self.region is not None:
+            return self.region
+        match = BEDROCK_HOST.search(urlparse(self.url).hostname or "")
+        return match.group("region") if match else None
+
+
 class UpstreamConfig(_Section):
     url: str | None = None
+    providers: tuple[ProviderConfig, ...] = ()
     timeout_connect_s: float = Field(5, gt=0, le=120)
     timeout_read_s: float = Field(120, gt=0, le=3600)
     max_connections: int = Field(256, ge=1, le=10_000)
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
     max_concurrency_per_model: int = Field(64, ge=1, le=10_000)
+    # Longest wait for one of those slots; a call that cannot expect one in time is shed at once
+    # (503 overloaded + Retry-After), see app/overload.py.
+    queue_timeout_s: float = Field(5, gt=0, le=600)
     moderation: ModerationConfig = ModerationConfig()
     forward_headers: tuple[str, ...] = Field(
         (), description="client request headers passed on to the provider (lower-case names)"
@@ -93,20 +205,36 @@ class UpstreamConfig(_Section):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        parsed = urlparse(value)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None or value == "" else _http_url(value)
+
+    @field_validator("providers")
+    @classmethod
+    def _unique(cls, value: tuple[ProviderConfig, ...]) -> tuple[ProviderConfig, ...]:
+        names = [p.name for p in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"provider names must be unique: {duplicates} appear more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_providers(self) -> UpstreamConfig:
+        if self.providers and self.url is not None:
             raise ValueError(
-                f"must be an http(s) URL such as https://api.openai.com, got {value!r}"
+                "set upstream.url (one provider) or upstream.providers (each with its url), "
+                "not both"
             )
-        return value.rstrip("/")
+        return self
+
+    @property
+    def provider_names(self) -> tuple[str, ...]:
+        """The providers in order; the first serves catalog models that name none."""
+        return tuple(p.name for p in self.providers) or (DEFAULT_PROVIDER,)
 
     @field_validator("forward_headers")
     @classmethod
     def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        blocked = {"authorization", "host", "content-length", "cookie"}
+        blocked = {"authorization", "api-key", "host", "content-length", "cookie"}
         names = tuple(v.strip().lower() for v in value)
         bad = sorted(blocked.intersection(names))
         if bad:
@@ -115,20 +243,34 @@ class UpstreamConfig(_Section):
 
 
 class ModelSpec(_Section):
-    context_window: int = Field(ge=1)
-    max_output_tokens: int = Field(ge=1)
-    default_max_tokens: int = Field(ge=1)
+    # chat: generation (chat, completions, Responses); embedding: /v1/embeddings only.
+    kind: Literal["chat", "embedding"] = "chat"
+    context_window: int = Field(ge=1)  # embedding: the most tokens of one input
+    max_output_tokens: int = Field(0, ge=0)  # required (>= 1) for chat models
+    default_max_tokens: int = Field(0, ge=0)  # required (>= 1) for chat models
     input_usd_per_1m: float = Field(ge=0)
-    output_usd_per_1m: float = Field(ge=0)
+    output_usd_per_1m: float = Field(0, ge=0)
+    # embedding: the vector's length, and whether `dimensions` may shorten it (text-embedding-3).
+    dimensions: int | None = Field(None, ge=1, le=16_384)
+    shortenable: bool = False
     # Prompt tokens the provider served from its prompt cache; null: billed as input_usd_per_1m.
     cached_input_usd_per_1m: float | None = Field(None, ge=0)
     # The model also spends hidden reasoning tokens, billed as output within its completion cap.
     reasoning: bool = False
     encoding: Literal["o200k_base", "cl100k_base"] = "o200k_base"
     fallbacks: tuple[str, ...] = ()
+    # One of upstream.providers by name; null: the first provider.
+    provider: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
+        if self.kind == "embedding":
+            return self._embedding_consistent()
+        for name in ("max_output_tokens", "default_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is required (>= 1) for a chat model")
+        if self.dimensions is not None or self.shortenable:
+            raise ValueError("dimensions and shortenable are for kind: embedding models only")
         if self.default_max_tokens > self.max_output_tokens:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) must be <= "
@@ -145,6 +287,21 @@ class ModelSpec(_Section):
                 f"cached_input_usd_per_1m ({cached}) must be <= "
                 f"input_usd_per_1m ({self.input_usd_per_1m})"
             )
+        return self
+
+    def _embedding_consistent(self) -> ModelSpec:
+        if self.dimensions is None:
+            raise ValueError("dimensions (the vector length) is required for an embedding model")
+        produced = {
+            "max_output_tokens": self.max_output_tokens,
+            "default_max_tokens": self.default_max_tokens,
+            "output_usd_per_1m": self.output_usd_per_1m,
+            "reasoning": self.reasoning,
+            "cached_input_usd_per_1m": self.cached_input_usd_per_1m,
+        }
+        for name, value in produced.items():
+            if value:
+                raise ValueError(f"{name} does not apply to an embedding model (no output tokens)")
         return self
 
 
@@ -176,6 +333,14 @@ class ModelsConfig(_Section):
                     )
         return self
 
+    def provider_of(self, model: str, providers: tuple[str, ...]) -> str:
+        """Which of ``providers`` (in config order) serves ``model``: the one its catalog entry
+        names, else the first (also for names outside the catalog, e.g. the moderation model)."""
+        spec = self.catalog.get(model)
+        if spec is not None and spec.provider is not None:
+            return spec.provider
+        return providers[0]
+
     def resolve(self, name: str) -> str | None:
         """Alias or pinned name -> pinned catalog name; None when unknown."""
         target = self.aliases.get(name, name)
@@ -198,12 +363,24 @@ class CacheConfig(_Section):
 
 
 class LimitsConfig(_Section):
-    default_rpm: int | None = Field(600, ge=1)
-    default_tpm: int | None = Field(200_000, ge=1)
+    # At most 1e8: app/gcra.py MAX_LIMIT (exact integer arithmetic in the Lua scripts).
+    default_rpm: int | None = Field(600, ge=1, le=100_000_000)
+    default_tpm: int | None = Field(200_000, ge=1, le=100_000_000)
     # Answers from the gateway's cache cost the provider nothing: by default they do not count
     # against tokens per minute (their reservation is given back in full).
     count_cache_hits_tokens: bool = False
+    # Share of each rpm / tpm admitted at once; any 60-s window stays at or under the limit, the
+    # steady rate is limit + 1 - burst a minute (app/gcra.py has the proof). Tokens get more: a
+    # request reserves its worst case, and one reserving more than the burst never fits.
+    rpm_burst_fraction: float = Field(0.1, gt=0, le=1)
+    tpm_burst_fraction: float = Field(0.25, gt=0, le=1)
     on_redis_failure: Literal["local", "open", "closed"] = "local"
+    # Replicas that decide alone while Redis is down (mode local): each enforces limit / this.
+    local_fallback_replicas: int = Field(1, ge=1, le=10_000)
+
+    @property
+    def bursts(self) -> BurstFractions:
+        return BurstFractions(self.rpm_burst_fraction, self.tpm_burst_fraction)
 
 
 class BudgetsConfig(_Section):
@@ -250,9 +427,37 @@ class GatewayConfig(_Section):
     batching: BatchingConfig = BatchingConfig()
     redis: RedisConfig = RedisConfig()
 
+    @model_validator(mode="after")
+    def _providers_known(self) -> GatewayConfig:
+        """Cross-section checks: each catalog model's provider exists, deployments map models
+        that provider serves."""
+        known = self.upstream.provider_names
+        problems = [
+            f"models.catalog.{name}.provider = {spec.provider!r}: not a provider in "
+            f"upstream.providers (known: {list(known)})"
+            for name, spec in self.models.catalog.items()
+            if spec.provider is not None and spec.provider not in known
+        ]
+        for index, provider in enumerate(self.upstream.providers):
+            for model in provider.deployments:
+                where = f"upstream.providers.{index}.deployments.{model}"
+                if model not in self.models.catalog:
+                    problems.append(
+                        f"{where}: {model!r} is not a catalog model "
+                        f"(known: {sorted(self.models.catalog)})"
+                    )
+                elif (served_by := self.models.provider_of(model, known)) != provider.name:
+                    problems.append(
+                        f"{where}: {model!r} is served by provider {served_by!r}, "
+                        f"not {provider.name!r} (set models.catalog.{model}.provider)"
+                    )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     @property
     def uses_simulator(self) -> bool:
-        return self.upstream.url is None
+        return not self.upstream.providers and self.upstream.url is None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -322,12 +527,22 @@ def _format_errors(exc: ValidationError, source: str, origins: Mapping[str, str]
         loc = ".".join(str(part) for part in err["loc"])
         where = f" (from env {origins[loc]})" if loc in origins else ""
         message = err["msg"].removeprefix("Value error, ")
+        if not loc:  # cross-section checks: each line names its own setting
+            lines.extend(f"  {line}" for line in message.splitlines())
+            continue
         if err["type"] == "extra_forbidden":
             message = "unknown setting (see app/README.md for the allowed keys)"
         elif err["type"] == "missing":
             message = "required setting is missing"
         # URLs may carry credentials: never echo them back.
-        quiet = err["type"] in ("missing", "extra_forbidden") or loc.endswith("url")
+        # Whole sections (or lists of them) are not echoed either: they may hold URLs.
+        value = err.get("input")
+        items = value if isinstance(value, list | tuple) else [value]
+        quiet = (
+            err["type"] in ("missing", "extra_forbidden")
+            or loc.endswith("url")
+            or any(isinstance(item, Mapping | BaseModel) for item in items)
+        )
         shown = "" if quiet else f" = {err.get('input')!r}"
         lines.append(f"  {loc or '<root>'}{shown}{where}: {message}")
     return f"invalid gateway config ({source}):\n" + "\n".join(lines)

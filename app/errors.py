@@ -132,6 +132,17 @@ class CircuitOpen(GatewayError):
         self.retry_after_s = retry_after_s
 
 
+class Overloaded(GatewayError):
+    """Shed before any provider call: the model's line for a concurrency slot was longer than it
+    drains in ``upstream.queue_timeout_s`` (reason ``drain``), or the wait ran out (``timeout``)."""
+
+    def __init__(self, model: str, retry_after_s: float, reason: str) -> None:
+        super().__init__(f"{model}: {reason}")
+        self.model = model
+        self.retry_after_s = retry_after_s
+        self.reason = reason
+
+
 class StreamInterrupted(GatewayError):
     """The provider's stream broke after bytes had gone to the client."""
 
@@ -287,6 +298,18 @@ def to_api_error(exc: BaseException) -> ApiError:
                 "server_error",
                 None,
                 "upstream_unavailable",
+                _retry_after(exc.retry_after_s),
+            )
+        case Overloaded():
+            # 503 as OpenAI's own "overloaded" answer (and Envoy's overflow): the gateway's
+            # capacity, not this client's rate; the SDKs retry it after Retry-After.
+            return ApiError(
+                503,
+                "The model is overloaded: more requests are waiting for it than it can serve in "
+                "time. Retry after the Retry-After delay.",
+                "server_error",
+                None,
+                "overloaded",
                 _retry_after(exc.retry_after_s),
             )
         case UpstreamError() if exc.status == 429:

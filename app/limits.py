@@ -1,22 +1,24 @@
 """Rate limits and monthly budgets: one atomic decision per request, shared by every replica.
 
-`admit` checks requests-per-minute and tokens-per-minute (GCRA, a leaky bucket kept as one
-"theoretical arrival time" per key) and the key's and the deployment's monthly budgets, and reserves
-the request's worst-case cost and tokens, all in one step: one Lua script in Redis, or one critical
-section in process. A pre-check that reads a counter and writes it later lets concurrent requests
-through together; reserving the worst case up front is what keeps limits and budgets from being
-overshot. `settle` then replaces both reservations by what the answer really used (the dollar cost,
-and the tokens: the arrival time moves back by the tokens not generated), in the same step that
-records the usage; `release` gives both back when the request failed.
+`admit` checks requests-per-minute and tokens-per-minute (a GCRA bucket per limit, `app/gcra.py`:
+at most the limit in any 60-s window, at most a burst fraction of it at once) and the key's and
+the deployment's monthly budgets, and reserves the request's worst-case cost and tokens, all in
+one step: one Lua script in Redis, or one critical section in process. A pre-check that reads a
+counter and writes it later lets concurrent requests through together; reserving the worst case
+up front is what keeps limits and budgets from being overshot. `settle` then replaces both
+reservations by what the answer really used (the dollar cost, and the tokens: those not used go
+back to the bucket, as far as it still holds them), in the same step that records the usage;
+`release` gives both back when the request failed.
 
-Both back ends run the same state transition (`gcra_next` here, mirrored line for line in
-`lua/admit.lua`) and hand their raw result to `build_admission`, so headers, retry times, budget
+Both back ends run the same state transitions (`app/gcra.py`, mirrored line for line in
+`lua/bucket.lua`) and hand their raw result to `build_admission`, so headers, retry times, budget
 figures and soft thresholds are computed by one piece of code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import math
@@ -25,11 +27,26 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import redis.asyncio as aioredis
 
 from app.accounting import month_key
+from app.gcra import (
+    DEFAULT_BURSTS,
+    MAX_LIMIT,
+    PERIOD_S,
+    PERIOD_US,
+    Bucket,
+    BucketState,
+    BurstFractions,
+    TokenMark,
+    figures,
+    filled,
+    live_level,
+    remaining_after,
+    settled_state,
+)
 from app.redis_backend import (
     BackendHealth,
     BackendUnavailable,
@@ -37,11 +54,11 @@ from app.redis_backend import (
     unavailable_on_error,
 )
 
+if TYPE_CHECKING:
+    from app.config import LimitsConfig
+
 logger = logging.getLogger(__name__)
 
-PERIOD_S = 60.0  # rpm and tpm are per minute
-# Tolerance for float rounding at the exact boundary (the Lua side stores times to the microsecond).
-EPSILON_S = 1e-6
 EPSILON_USD = 1e-9
 MONTH_RETENTION_S = 40 * 24 * 3600  # month data outlives its month long enough to be read after it
 
@@ -80,8 +97,10 @@ class KeyPolicy:
             raise ValueError("key_id must be a non-empty string")
         for name in ("rpm", "tpm"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or null, got {value!r}")
+            if value is not None and (not isinstance(value, int) or not 1 <= value <= MAX_LIMIT):
+                raise ValueError(
+                    f"{name} must be an integer in [1, {MAX_LIMIT}] or null, got {value!r}"
+                )
         budget = self.monthly_budget_usd
         if budget is not None and (not math.isfinite(budget) or budget < 0):
             raise ValueError(f"monthly_budget_usd must be a number >= 0 or null, got {budget!r}")
@@ -98,6 +117,8 @@ class Reservation:
     # Tokens held against tokens-per-minute (0 when the key has no tpm limit) and that limit.
     tokens: int = 0
     tpm: int | None = None
+    # Where those tokens sit in the key's token bucket (what settling may give back).
+    token_mark: TokenMark | None = field(default=None, compare=False)
     # The store that made it: settle/release must go back to it (see ResilientLimitStore).
     owner: LimitStore | None = field(default=None, compare=False, repr=False)
     closed: bool = field(default=False, compare=False)
@@ -154,31 +175,9 @@ class LimitStore(Protocol):
 # ---------------------------------------------------------------------------------------------
 
 
-def gcra_next(tat: float, now: float, limit: int, cost: float) -> float:
-    """The theoretical arrival time after admitting `cost` units (GCRA with a full-period burst).
-
-    The request fits when `gcra_next(...) - PERIOD_S <= now`: a full bucket admits `limit` units
-    at once, and it refills at `limit` units per period.
-    """
-    return max(tat, now) + cost * PERIOD_S / limit
-
-
-def gcra_fits(next_tat: float, now: float) -> bool:
-    return next_tat - PERIOD_S <= now + EPSILON_S
-
-
-def token_shift_s(reservation: Reservation, used_tokens: int) -> float:
-    """How far settling moves the token arrival time: back by the reserved tokens not used
-    (forward when the answer used more than was reserved). 0 without a tpm limit."""
-    if not reservation.tpm:
-        return 0.0
-    return (used_tokens - reservation.tokens) * PERIOD_S / reservation.tpm
-
-
-def settled_tat(tat: float, now: float, shift_s: float) -> float | None:
-    """The token arrival time after a settlement's shift; None when the bucket is full again."""
-    after = max(tat, now) + shift_s
-    return after if after > now else None
+@functools.lru_cache(maxsize=4096)
+def bucket_of(limit: int, burst_fraction: float) -> Bucket:
+    return Bucket.of(limit, burst_fraction)
 
 
 def format_duration(seconds: float) -> str:
@@ -204,22 +203,11 @@ class RawDecision:
     """What a back end's atomic step decided and observed; everything else derives from it."""
 
     code: int  # index into REASONS
-    now: float
-    request_tat: float  # stored theoretical arrival times before this request
-    token_tat: float
+    request_level: int  # the live bucket levels before this request (units * PERIOD_US)
+    token_level: int
     key_committed_usd: float  # spent + reserved before this request's reservation
     global_committed_usd: float
-
-
-def _limit_figures(
-    limit: int, tat: float, now: float, cost: float, admitted: bool
-) -> tuple[int, float, float]:
-    """(remaining, reset s, retry s) of one GCRA limit; after this request if admitted."""
-    after = gcra_next(tat, now, limit, cost) if admitted else max(tat, now)
-    backlog = after - now
-    remaining = max(0, math.floor((PERIOD_S - backlog) * limit / PERIOD_S + 1e-6))
-    retry = 0.0 if admitted else max(0.0, gcra_next(tat, now, limit, cost) - PERIOD_S - now)
-    return remaining, backlog, retry
+    token_mark: TokenMark | None  # where an admitted request's tokens went in the token bucket
 
 
 def build_admission(
@@ -232,23 +220,24 @@ def build_admission(
     soft_fraction: float,
     month: str,
     owner: LimitStore,
+    bursts: BurstFractions,
 ) -> Admission:
     reason = REASONS[raw.code]
     admitted = reason == "ok"
     headers: dict[str, str] = {}
     retry_after = 0.0
-    for kind, limit, tat, cost, denying in (
-        ("requests", policy.rpm, raw.request_tat, 1, "rate_limit_requests"),
-        ("tokens", policy.tpm, raw.token_tat, tokens, "rate_limit_tokens"),
+    for kind, limit, fraction, level, cost, denying in (
+        ("requests", policy.rpm, bursts.requests, raw.request_level, 1, "rate_limit_requests"),
+        ("tokens", policy.tpm, bursts.tokens, raw.token_level, tokens, "rate_limit_tokens"),
     ):
         if limit is None:
             continue
-        remaining, reset, retry = _limit_figures(limit, tat, raw.now, cost, admitted)
+        shown = figures(bucket_of(limit, fraction), level, cost, admitted)
         headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
-        headers[f"x-ratelimit-reset-{kind}"] = format_duration(reset)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(shown.remaining)
+        headers[f"x-ratelimit-reset-{kind}"] = format_duration(shown.reset_s)
         if reason == denying:
-            retry_after = retry
+            retry_after = shown.retry_s
 
     reserve = worst_case_usd if admitted and _has_budget(policy, global_budget_usd) else 0.0
     remaining_budgets = []
@@ -267,7 +256,14 @@ def build_admission(
     if admitted:
         held = tokens if policy.tpm is not None else 0
         reservation = Reservation(
-            policy.key_id, model, month, reserve, held, policy.tpm, owner=owner
+            policy.key_id,
+            model,
+            month,
+            reserve,
+            held,
+            policy.tpm,
+            token_mark=raw.token_mark,
+            owner=owner,
         )
     return Admission(
         allowed=admitted,
@@ -405,11 +401,13 @@ class MemoryLimitStore:
         clock: Callable[[], float] = time.time,
         retention_s: float = MONTH_RETENTION_S,
         count_cache_hits_tokens: bool = False,
+        bursts: BurstFractions = DEFAULT_BURSTS,
     ) -> None:
         self.clock = clock  # public: tests drive the limiter with a fake clock
+        self.bursts = bursts
         self._retention_s = retention_s
         self._count_cache_hits_tokens = count_cache_hits_tokens
-        self._tats: dict[tuple[str, str], float] = {}
+        self._buckets: dict[tuple[str, str], BucketState] = {}
         self._months: dict[str, _Month] = {}
 
     def _month(self, month: str, now: float) -> _Month:
@@ -435,20 +433,25 @@ class MemoryLimitStore:
     ) -> Admission:
         _check_admit_args(tokens, worst_case_usd, soft_fraction)
         now = self.clock()
+        now_us = round(now * 1_000_000)  # Redis TIME's resolution
         month = month_key(now)
         data = self._month(month, now)
         key = policy.key_id
-        req_tat = self._live_tat(key, "req", now)
-        tok_tat = self._live_tat(key, "tok", now)
+        req = tok = None
+        req_level = tok_level = 0
+        if policy.rpm is not None:
+            req_bucket = bucket_of(policy.rpm, self.bursts.requests)
+            req, req_level = self._live((key, "req"), now_us, req_bucket.refill)
+        if policy.tpm is not None:
+            tok_bucket = bucket_of(policy.tpm, self.bursts.tokens)
+            tok, tok_level = self._live((key, "tok"), now_us, tok_bucket.refill)
         key_committed = data.spent[key] + max(0.0, data.reserved[key])
         global_committed = data.global_spent + max(0.0, data.global_reserved)
 
         code = 0
-        if policy.rpm is not None and not gcra_fits(gcra_next(req_tat, now, policy.rpm, 1), now):
+        if policy.rpm is not None and req_level + PERIOD_US > req_bucket.capacity:
             code = 1
-        elif policy.tpm is not None and not gcra_fits(
-            gcra_next(tok_tat, now, policy.tpm, tokens), now
-        ):
+        elif policy.tpm is not None and tok_level + tokens * PERIOD_US > tok_bucket.capacity:
             code = 2
         elif (
             policy.monthly_budget_usd is not None
@@ -460,15 +463,17 @@ class MemoryLimitStore:
             and global_committed + worst_case_usd > global_budget_usd + EPSILON_USD
         ):
             code = 4
+        mark = None
         if code == 0:
             if policy.rpm is not None:
-                self._tats[(key, "req")] = gcra_next(req_tat, now, policy.rpm, 1)
+                self._keep((key, "req"), filled(req, req_level, now_us, 1)[0])
             if policy.tpm is not None:
-                self._tats[(key, "tok")] = gcra_next(tok_tat, now, policy.tpm, tokens)
+                tok, mark = filled(tok, tok_level, now_us, tokens)
+                self._keep((key, "tok"), tok)
             if _has_budget(policy, global_budget_usd) and worst_case_usd:
                 data.reserved[key] += worst_case_usd
                 data.global_reserved += worst_case_usd
-        raw = RawDecision(code, now, req_tat, tok_tat, key_committed, global_committed)
+        raw = RawDecision(code, req_level, tok_level, key_committed, global_committed, mark)
         return build_admission(
             raw,
             policy,
@@ -479,14 +484,25 @@ class MemoryLimitStore:
             soft_fraction,
             month,
             self,
+            self.bursts,
         )
 
-    def _live_tat(self, key_id: str, kind: str, now: float) -> float:
-        tat = self._tats.get((key_id, kind), 0.0)
-        if tat <= now:  # the bucket is full again: forget it, as the Redis key's TTL does
-            self._tats.pop((key_id, kind), None)
-            return now
-        return tat
+    def _live(
+        self, name: tuple[str, str], now_us: int, refill: int
+    ) -> tuple[BucketState | None, int]:
+        """A bucket's state and live level; an empty one is forgotten, as its Redis key expires."""
+        state = self._buckets.get(name)
+        level = live_level(state, now_us, refill)
+        if state is not None and level == 0:
+            del self._buckets[name]
+            state = None
+        return state, level
+
+    def _keep(self, name: tuple[str, str], state: BucketState | None) -> None:
+        if state is None:
+            self._buckets.pop(name, None)
+        else:
+            self._buckets[name] = state
 
     async def settle(
         self,
@@ -526,15 +542,19 @@ class MemoryLimitStore:
             self._unreserve(self._month(reservation.month, now), reservation)
 
     def _settle_tokens(self, reservation: Reservation, used_tokens: int, now: float) -> None:
-        shift = token_shift_s(reservation, used_tokens)
-        if not shift:
+        if not reservation.tpm or used_tokens == reservation.tokens:
             return
-        key = (reservation.key_id, "tok")
-        after = settled_tat(self._tats.get(key, now), now, shift)
-        if after is None:
-            self._tats.pop(key, None)
-        else:
-            self._tats[key] = after
+        name = (reservation.key_id, "tok")
+        refill = bucket_of(reservation.tpm, self.bursts.tokens).refill
+        state = settled_state(
+            self._buckets.get(name),
+            round(now * 1_000_000),
+            refill,
+            reservation.token_mark,
+            reservation.tokens,
+            used_tokens,
+        )
+        self._keep(name, state)
 
     @staticmethod
     def _unreserve(data: _Month, reservation: Reservation) -> None:
@@ -573,11 +593,11 @@ _LUA_DIR = Path(__file__).parent / "lua"
 class RedisLimitStore:
     """Limits and budgets shared by every replica through Redis; one script call per decision.
 
-    Key layout (prefix configurable): `{p}:rl:{req|tok}:{key_id}` GCRA arrival times (expiring
-    when the bucket is full again); per month `{p}:spent:{month}` and `{p}:reserved:{month}` hashes
-    by key id plus `...:total` strings for the global budget, `{p}:usage:{month}:{key_id}` hashes of
-    `metric:model` counters and the `{p}:usage:{month}:keys` index set, all expiring
-    `retention_s` after their last write.
+    Key layout (prefix configurable): `{p}:bucket:{req|tok}:{key_id}` GCRA bucket hashes (level,
+    stamp, generation; expiring when the bucket is empty again); per month `{p}:spent:{month}`
+    and `{p}:reserved:{month}` hashes by key id plus `...:total` strings for the global budget,
+    `{p}:usage:{month}:{key_id}` hashes of `metric:model` counters and the
+    `{p}:usage:{month}:keys` index set, all expiring `retention_s` after their last write.
     """
 
     def __init__(
@@ -587,19 +607,43 @@ class RedisLimitStore:
         clock: Callable[[], float] = time.time,
         retention_s: int = MONTH_RETENTION_S,
         count_cache_hits_tokens: bool = False,
+        bursts: BurstFractions = DEFAULT_BURSTS,
+        rate_clock: Callable[[], float] | None = None,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._count_cache_hits_tokens = count_cache_hits_tokens
-        # Only the accounting month comes from this clock; rate limits use Redis server TIME so
-        # replicas with skewed clocks agree.
+        self.bursts = bursts
+        # Only the accounting month comes from `clock`; rate limits use Redis server TIME so
+        # replicas with skewed clocks agree, unless `rate_clock` is given (arrival patterns
+        # replayed on a fake clock, as for the in-process store).
         self._clock = clock
+        self._rate_clock = rate_clock
         self._retention_s = int(retention_s)
-        self._admit = register_script(redis, (_LUA_DIR / "admit.lua").read_text())
-        # Redis scripts cannot load one another: both carry the shared reservation steps.
-        reservation = (_LUA_DIR / "reservation.lua").read_text()
-        self._settle = register_script(redis, reservation + (_LUA_DIR / "settle.lua").read_text())
-        self._release = register_script(redis, reservation + (_LUA_DIR / "release.lua").read_text())
+        # Redis scripts cannot load one another: each carries the shared steps it uses.
+        bucket, reservation, admit, settle, release = (
+            (_LUA_DIR / f"{name}.lua").read_text()
+            for name in ("bucket", "reservation", "admit", "settle", "release")
+        )
+        self._admit = register_script(redis, bucket + admit)
+        self._settle = register_script(redis, bucket + reservation + settle)
+        self._release = register_script(redis, bucket + reservation + release)
+
+    def _now_arg(self) -> str:
+        """The rate clock for a script: '' for Redis server TIME."""
+        return "" if self._rate_clock is None else str(round(self._rate_clock() * 1_000_000))
+
+    def _token_args(self, reservation: Reservation, used: int) -> list[str | int]:
+        """The token bucket's part of a settlement (refill 0: nothing to change)."""
+        if not reservation.tpm or used == reservation.tokens:
+            return [0, 0, 0, -1, 0, 0, 0]
+        mark = reservation.token_mark
+        return [
+            bucket_of(reservation.tpm, self.bursts.tokens).refill,
+            reservation.tokens,
+            used,
+            *((mark.birth_us, mark.at_us, mark.level, mark.refunded) if mark else (-1, 0, 0, 0)),
+        ]
 
     def _month_keys(self, month: str) -> list[str]:
         p = self._prefix
@@ -622,9 +666,11 @@ class RedisLimitStore:
         _check_admit_args(tokens, worst_case_usd, soft_fraction)
         month = month_key(self._clock())
         key = policy.key_id
-        keys = [f"{self._prefix}:rl:req:{key}", f"{self._prefix}:rl:tok:{key}"]
+        keys = [f"{self._prefix}:bucket:req:{key}", f"{self._prefix}:bucket:tok:{key}"]
         keys += self._month_keys(month)
         reserve = worst_case_usd if _has_budget(policy, global_budget_usd) else 0.0
+        req = bucket_of(policy.rpm, self.bursts.requests) if policy.rpm else None
+        tok = bucket_of(policy.tpm, self.bursts.tokens) if policy.tpm else None
         args = [
             policy.rpm or 0,
             policy.tpm or 0,
@@ -634,11 +680,24 @@ class RedisLimitStore:
             -1 if global_budget_usd is None else repr(float(global_budget_usd)),
             key,
             self._retention_s,
+            req.burst if req else 0,
+            req.refill if req else 0,
+            tok.burst if tok else 0,
+            tok.refill if tok else 0,
+            self._now_arg(),
         ]
         with unavailable_on_error("admit"):
             result = await self._admit(keys=keys, args=args)
-        code, *figures = result  # numbers as strings (see admit.lua)
-        raw = RawDecision(int(code), *map(float, figures))
+        # Numbers as strings (see admit.lua).
+        code, req_level, tok_level, key_committed, global_committed, *mark = result
+        raw = RawDecision(
+            int(code),
+            int(req_level),
+            int(tok_level),
+            float(key_committed),
+            float(global_committed),
+            TokenMark(*map(int, mark)) if mark else None,
+        )
         return build_admission(
             raw,
             policy,
@@ -649,6 +708,7 @@ class RedisLimitStore:
             soft_fraction,
             month,
             self,
+            self.bursts,
         )
 
     async def settle(
@@ -677,7 +737,7 @@ class RedisLimitStore:
             *self._month_keys(month),
             f"{self._prefix}:usage:{month}:{key}",
             f"{self._prefix}:usage:{month}:keys",
-            f"{self._prefix}:rl:tok:{key}",
+            f"{self._prefix}:bucket:tok:{key}",
         ]
         args: list[str | int] = [
             key,
@@ -685,7 +745,8 @@ class RedisLimitStore:
             repr(float(actual_usd)),
             self._retention_s,
             len(ints),
-            repr(token_shift_s(reservation, used)),
+            *self._token_args(reservation, used),
+            self._now_arg(),
         ]
         for name, value in ints.items():
             args += [name, value]
@@ -698,11 +759,15 @@ class RedisLimitStore:
     async def release(self, reservation: Reservation) -> None:
         if reservation.closed:
             return
-        shift = token_shift_s(reservation, 0)
-        if reservation.amount_usd or shift:
+        if reservation.amount_usd or (reservation.tpm and reservation.tokens):
             keys = self._month_keys(reservation.month)[::2]  # the two "reserved" keys
-            keys.append(f"{self._prefix}:rl:tok:{reservation.key_id}")
-            args = [reservation.key_id, repr(float(reservation.amount_usd)), repr(shift)]
+            keys.append(f"{self._prefix}:bucket:tok:{reservation.key_id}")
+            args = [
+                reservation.key_id,
+                repr(float(reservation.amount_usd)),
+                *self._token_args(reservation, 0),
+                self._now_arg(),
+            ]
             with unavailable_on_error("release"):
                 await self._release(keys=keys, args=args)
         reservation.close()
@@ -751,10 +816,24 @@ class RedisLimitStore:
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
+def local_share(policy: KeyPolicy, replicas: int) -> KeyPolicy:
+    """The key's limits one of `replicas` enforces alone while Redis is down (at least 1 each:
+    a limit below the replica count allows one per replica)."""
+    if replicas == 1:
+        return policy
+    return dataclasses.replace(
+        policy,
+        rpm=None if policy.rpm is None else max(1, policy.rpm // replicas),
+        tpm=None if policy.tpm is None else max(1, policy.tpm // replicas),
+    )
+
+
 class ResilientLimitStore:
     """The Redis store, with a policy for when Redis is unreachable.
 
-    mode "local": decide with the in-process `fallback` (limits become per replica);
+    mode "local": decide with the in-process `fallback`, each rpm and tpm divided by
+    `fallback_replicas` (the replicas deciding alone at the same time; at least 1 each);
     "open": admit everything (limits and budgets off until Redis is back);
     "closed": raise BackendUnavailable (the server answers 503).
     Redis is skipped for a back-off period after a failure and probed to recover (BackendHealth).
@@ -770,13 +849,20 @@ class ResilientLimitStore:
         mode: FailureMode,
         health: BackendHealth | None = None,
         max_pending: int = 10_000,
+        fallback_replicas: int = 1,
     ) -> None:
         if mode not in ("local", "open", "closed"):
             raise ValueError(f"mode must be one of local, open, closed; got {mode!r}")
+        if not isinstance(fallback_replicas, int) or fallback_replicas < 1:
+            raise ValueError(
+                f"fallback_replicas must be an integer >= 1, got {fallback_replicas!r}"
+            )
         self.primary = primary
         self.fallback = fallback
         self.mode = mode
+        self.fallback_replicas = fallback_replicas
         self.health = health or BackendHealth()
+        self.health.serve("limits", mode)
         self.degraded_decisions_total = 0
         self.lost_settlements_total = 0  # dropped because the replay queue was full
         self._pending: deque[Callable[[], Awaitable[None]]] = deque()
@@ -812,7 +898,8 @@ class ResilientLimitStore:
             return admission
         self.degraded_decisions_total += 1
         if self.mode == "local":
-            return await self.fallback.admit(*args)
+            local = local_share(policy, self.fallback_replicas)
+            return await self.fallback.admit(local, *args[1:])
         return Admission(
             allowed=True,
             reason="ok",
@@ -884,13 +971,34 @@ class ResilientLimitStore:
             self._pending.popleft()
 
 
+def build_limit_store(config: LimitsConfig, redis: aioredis.Redis | None) -> LimitStore:
+    """The gateway's limiter from its `limits` settings: in process without Redis; otherwise
+    Redis, degrading per `on_redis_failure` to an in-process store with the local share."""
+    options = {
+        "count_cache_hits_tokens": config.count_cache_hits_tokens,
+        "bursts": config.bursts,
+    }
+    if redis is None:
+        return MemoryLimitStore(**options)
+    return ResilientLimitStore(
+        RedisLimitStore(redis, **options),
+        MemoryLimitStore(**options),
+        config.on_redis_failure,
+        fallback_replicas=config.local_fallback_replicas,
+    )
+
+
 __all__ = [
+    "PERIOD_S",
     "Admission",
     "BackendUnavailable",
+    "BurstFractions",
     "KeyPolicy",
     "LimitStore",
     "MemoryLimitStore",
     "RedisLimitStore",
     "Reservation",
     "ResilientLimitStore",
+    "build_limit_store",
+    "remaining_after",
 ]

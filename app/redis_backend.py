@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar
@@ -31,6 +32,8 @@ from redis.typing import EncodableT, KeyT
 from app.redis_pipelined import PipelinedRedis
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 # Errors that mean "Redis cannot answer now" (down, unreachable, slow, loading, failing over); any
 # other RedisError (a script bug, WRONGTYPE) is a programming error and propagates unchanged.
@@ -156,6 +159,12 @@ class BackendHealth:
     After a failure callers skip Redis for a back-off period (doubling per consecutive failure up to
     `backoff_cap_s`); once it has passed, one caller at a time is let through as the probe, and its
     success restores normal operation.
+
+    The switch each way is logged once: a WARNING at the first failure, naming what each user
+    does meanwhile ("state backend degraded (limits: local, cache: off)"), and an INFO line with
+    the outage's duration when Redis answers again. Users sharing one health object share the
+    lines; users with their own each log theirs. No host names or credentials: the reason is the
+    failed operation and the error class only (see unavailable_on_error).
     """
 
     def __init__(
@@ -170,8 +179,19 @@ class BackendHealth:
         self._consecutive_failures = 0
         self._retry_at = 0.0
         self._probing = False
+        self._degraded_at = 0.0
+        self._users: dict[str, str] = {}
         self.failures_total = 0
         self.recoveries_total = 0
+
+    def serve(self, user: str, degraded_mode: str) -> None:
+        """Register a user of this Redis and what it does while Redis is down (for the logs)."""
+        self._users[user] = degraded_mode
+
+    @property
+    def degraded_modes(self) -> str:
+        """ "limits: local, cache: off": each user and what it does while Redis is down."""
+        return ", ".join(f"{user}: {mode}" for user, mode in self._users.items()) or "no users"
 
     @property
     def state(self) -> HealthState:
@@ -189,11 +209,27 @@ class BackendHealth:
     def record_success(self) -> None:
         if self._consecutive_failures:
             self.recoveries_total += 1
+            outage_s = round(self._clock() - self._degraded_at, 3)
+            logger.info(
+                "state backend recovered after %.1f s (%s)",
+                outage_s,
+                self.degraded_modes,
+                extra={"state_backend": "healthy", "outage_s": outage_s},
+            )
         self._consecutive_failures = 0
         self._probing = False
 
-    def record_failure(self) -> None:
+    def record_failure(self, reason: str = "") -> None:
+        """Count a failure; `reason` (logged at the first) must hold no host name or secret."""
         self.failures_total += 1
+        if not self._consecutive_failures:
+            self._degraded_at = self._clock()
+            logger.warning(
+                "state backend degraded (%s)%s",
+                self.degraded_modes,
+                f": {reason}" if reason else "",
+                extra={"state_backend": "degraded", "degraded_modes": self.degraded_modes},
+            )
         self._consecutive_failures += 1
         self._probing = False
         delay = min(self._cap, self._base * 2 ** (self._consecutive_failures - 1))
@@ -212,8 +248,8 @@ class BackendHealth:
             raise BackendUnavailable("redis skipped during back-off after recent failures")
         try:
             result = await operation()
-        except BackendUnavailable:
-            self.record_failure()
+        except BackendUnavailable as exc:
+            self.record_failure(str(exc))
             raise
         except BaseException:
             self.release()

@@ -27,16 +27,18 @@ ORIGIN_ID_HEADER = "x-liftoff-cache-origin-id"
 # Ids made here: a random per-process part and a sequence number (unique across replicas).
 _PROCESS_PART = os.urandom(6).hex()
 _SEQUENCE = itertools.count()
-_ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-"}
+# Per endpoint kind: the provider's id prefix and how many hex digits follow the process part.
+_ID_SHAPE = {"chat": ("chatcmpl-", 12), "completions": ("cmpl-", 12), "responses": ("resp_", 36)}
 # An origin id is echoed in a header only when it is a plain token (never a header injection).
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CHAT_CHOICE_OWN = frozenset({"index", "message", "logprobs", "finish_reason"})
 _TEXT_CHOICE_OWN = frozenset({"index", "text", "logprobs", "finish_reason"})
 
 
 def fresh_id(kind: str) -> str:
     """A new response id for a cache hit, shaped like the provider's."""
-    return f"{_ID_PREFIX[kind]}{_PROCESS_PART}{next(_SEQUENCE):012x}"
+    prefix, digits = _ID_SHAPE[kind]
+    return f"{prefix}{_PROCESS_PART}{next(_SEQUENCE):0{digits}x}"
 
 
 def as_hit(cached: bytes, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -44,7 +46,7 @@ def as_hit(cached: bytes, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
     response = orjson.loads(cached)
     origin = response.get("id")
     response["id"] = fresh_id(kind)
-    if isinstance(origin, str) and _SAFE_ID.match(origin):
+    if isinstance(origin, str) and _SAFE_ID.fullmatch(origin):
         return response, {ORIGIN_ID_HEADER: origin}
     return response, {}
 

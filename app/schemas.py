@@ -12,14 +12,15 @@ model accepts; reasoning models refuse ``max_tokens``) and ``max_tokens`` for co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from app.config import ModelsConfig, ModelSpec
 from app.errors import InvalidRequest, ModelNotFound, PayloadTooLarge, UnsupportedMediaType, echo
 
-Kind = Literal["chat", "completions"]
+# The endpoint kind a request was validated for (app/endpoints/): "chat", "completions", ...
+Kind = str
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -42,7 +43,8 @@ class ParsedRequest:
     include_usage: bool
     n: int
     best_of: int
-    prompts: list[str] = field(default_factory=list)
+    prompts: list[Any] = field(default_factory=list)  # completions: strings; embeddings: inputs
+    item_tokens: list[int] = field(default_factory=list)  # embeddings: each input's tokens
     max_tokens_field: str = "max_tokens"  # the name the cap is forwarded under
     max_tokens: int = 0
     prompt_tokens: int = 0
@@ -104,16 +106,35 @@ def _number(body: dict, key: str, lo: float, hi: float) -> None:
         )
 
 
-def _integer(body: dict, key: str, lo: int, hi: int | None = None) -> int | None:
-    value = body.get(key)
-    if value is None:
+# Whole floats up to this size are exact integers (a double's 53-bit mantissa); past it, a
+# number too large for 64 bits that the JSON parser read as a float is not a known integer.
+MAX_EXACT_FLOAT = 2**53
+
+
+def as_integer(value: Any) -> int | None:
+    """`value` as an int when JSON would call it an integer (2 or 2.0), else None."""
+    if isinstance(value, bool):
         return None
-    if not isinstance(value, int) or isinstance(value, bool):
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_EXACT_FLOAT:
+        return int(value)
+    return None
+
+
+def _integer(body: dict, key: str, lo: int, hi: int | None = None) -> int | None:
+    """An integer field, checked; a whole float (2.0) is forwarded as the integer it is."""
+    raw = body.get(key)
+    if raw is None:
+        return None
+    value = as_integer(raw)
+    if value is None:
         raise InvalidRequest(
-            f"Invalid type for '{key}': expected an integer, got {type(value).__name__}.",
+            f"Invalid type for '{key}': expected an integer, got {type(raw).__name__}.",
             key,
             "invalid_type",
         )
+    body[key] = value
     if value < lo or (hi is not None and value > hi):
         allowed = f"at least {lo}" if hi is None else f"{lo} to {hi}"
         raise InvalidRequest(
@@ -247,13 +268,24 @@ def _stream_flags(body: dict) -> tuple[bool, bool]:
     return stream, include
 
 
-def _model(body: dict, models: ModelsConfig) -> tuple[str, str, ModelSpec]:
+def resolve_model(
+    body: dict, models: ModelsConfig, kind: str = "chat"
+) -> tuple[str, str, ModelSpec]:
+    """(requested name, pinned catalog name, spec) of a model of `kind` ("chat" or "embedding")."""
     requested = _string(body, "model", required=True)
     assert requested is not None
     resolved = models.resolve(requested)
     if resolved is None:
         raise ModelNotFound(requested)
-    return requested, resolved, models.catalog[resolved]
+    spec = models.catalog[resolved]
+    if spec.kind != kind:
+        message = (
+            f"The model '{echo(requested)}' is an embedding model: use it with /v1/embeddings."
+            if spec.kind == "embedding"
+            else f"The model '{echo(requested)}' is not an embedding model."
+        )
+        raise InvalidRequest(message, "model", "invalid_value")
+    return requested, resolved, spec
 
 
 def _common(body: dict, models: ModelsConfig) -> tuple[int, bool, bool]:
@@ -315,7 +347,7 @@ def _messages(body: dict) -> None:
 
 
 def validate_chat(body: dict[str, Any], models: ModelsConfig) -> ParsedRequest:
-    requested, resolved, spec = _model(body, models)
+    requested, resolved, spec = resolve_model(body, models)
     _messages(body)
     n, stream, include_usage = _common(body, models)
     _typed(body, "tools", (list,), "an array")
@@ -333,14 +365,23 @@ def validate_chat(body: dict[str, Any], models: ModelsConfig) -> ParsedRequest:
         field_name = "max_tokens"
     requested_max = _integer(body, field_name, 1)
     parsed = ParsedRequest(
-        "chat", body, requested, resolved, spec, stream, include_usage, n, 1, [], field_name
+        "chat",
+        body,
+        requested,
+        resolved,
+        spec,
+        stream,
+        include_usage,
+        n,
+        1,
+        max_tokens_field=field_name,
     )
     parsed.max_tokens = requested_max or 0
     return parsed
 
 
 def validate_completions(body: dict[str, Any], models: ModelsConfig) -> ParsedRequest:
-    requested, resolved, spec = _model(body, models)
+    requested, resolved, spec = resolve_model(body, models)
     prompt = body.get("prompt")
     if prompt is None:
         raise InvalidRequest("Missing required parameter: 'prompt'.", "prompt", "missing_required")
@@ -362,14 +403,15 @@ def validate_completions(body: dict[str, Any], models: ModelsConfig) -> ParsedRe
             "invalid_value",
         )
     n, stream, include_usage = _common(body, models)
-    best_of = _integer(body, "best_of", 1, models.max_best_of) or 1
+    given = _integer(body, "best_of", 1, models.max_best_of)
+    best_of = given or n  # the provider's default: one candidate per choice
     if best_of < n:
         raise InvalidRequest(
             f"Invalid 'best_of': {best_of} must be greater than or equal to 'n' ({n}).",
             "best_of",
             "invalid_value",
         )
-    if stream and best_of > 1:
+    if stream and given is not None and given > 1:
         raise InvalidRequest(
             "'best_of' greater than 1 cannot be used with 'stream'.", "best_of", "invalid_value"
         )
@@ -391,7 +433,7 @@ def apply_token_limits(parsed: ParsedRequest, prompt_tokens: int, policy: str) -
     """
     spec = parsed.spec
     parsed.prompt_tokens = prompt_tokens
-    param = "messages" if parsed.kind == "chat" else "prompt"
+    param = {"chat": "messages", "responses": "input"}.get(parsed.kind, "prompt")
     if prompt_tokens >= spec.context_window:
         raise InvalidRequest(
             f"This model's maximum context length is {spec.context_window} tokens. However, your "

@@ -4,12 +4,17 @@ For each secret ``NAME`` the gateway reads ``LIFTOFF_NAME`` (the value itself) o
 ``LIFTOFF_NAME_SECRET_ARN`` (a Secrets Manager ARN, fetched with boto3 in a worker thread so the
 event loop never blocks). The provider key is fetched again when the provider answers 401, so a
 rotated key is picked up without a restart. Values never appear in repr(), logs or errors.
+
+Besides the fixed names, every ``LIFTOFF_PROVIDER_<NAME>_API_KEY[_SECRET_ARN]`` in the
+environment is a secret too: the key of the provider ``<name>`` of ``upstream.providers``
+(see :func:`provider_key_name`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +26,14 @@ UPSTREAM_API_KEY = "UPSTREAM_API_KEY"
 REDIS_AUTH_TOKEN = "REDIS_AUTH_TOKEN"
 CLIENT_KEYS = "CLIENT_KEYS"
 NAMES = (UPSTREAM_API_KEY, REDIS_AUTH_TOKEN, CLIENT_KEYS)
+_PROVIDER_KEY = re.compile(r"^LIFTOFF_(PROVIDER_[A-Z][A-Z0-9_]{0,31}_API_KEY)(_SECRET_ARN)?$")
+
+
+def provider_key_name(provider: str) -> str:
+    """The secret holding a provider's key: ``azure-east`` -> ``PROVIDER_AZURE_EAST_API_KEY``
+    (read from ``LIFTOFF_PROVIDER_AZURE_EAST_API_KEY`` or ``..._SECRET_ARN``)."""
+    return f"PROVIDER_{provider.upper().replace('-', '_')}_API_KEY"
+
 
 # A burst of 401s triggers one refresh, then at most one more per this many seconds.
 MIN_REFRESH_INTERVAL_S = 5.0
@@ -59,7 +72,8 @@ class SecretStore:
         client_factory: Callable[[str | None], Any] | None = None,
     ) -> None:
         self._refs: dict[str, SecretRef] = {}
-        for name in NAMES:
+        providers = {m.group(1) for m in map(_PROVIDER_KEY.match, env) if m and env[m.group(0)]}
+        for name in (*NAMES, *sorted(providers)):
             value = env.get(f"LIFTOFF_{name}") or None
             arn = env.get(f"LIFTOFF_{name}_SECRET_ARN") or None
             if value and arn:
@@ -80,10 +94,11 @@ class SecretStore:
         return f"SecretStore({sources})"
 
     def source(self, name: str) -> str:
-        return self._refs[name].source
+        ref = self._refs.get(name)
+        return "unset" if ref is None else ref.source
 
     def get(self, name: str) -> str | None:
-        return self._values[name]
+        return self._values.get(name)
 
     def _fetch(self, ref: SecretRef) -> str:
         assert ref.arn is not None
@@ -110,8 +125,8 @@ class SecretStore:
 
     async def refresh(self, name: str) -> bool:
         """Fetch one secret again (e.g. after a provider 401); True when the value changed."""
-        ref = self._refs[name]
-        if not ref.arn:
+        ref = self._refs.get(name)
+        if ref is None or not ref.arn:
             return False
         before = self._values[name]
         async with self._lock:

@@ -1,4 +1,8 @@
-"""HTTP routes of the gateway (Starlette). The pipeline behind them lives in ``app/gateway.py``."""
+"""HTTP routes of the gateway (Starlette).
+
+Generation routes go to the shared pipeline (app/pipeline.py) with their endpoint kind
+(app/endpoints/); the parts behind them are started by app/gateway.py.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.config import GatewayConfig, load_config
-from app.errors import MethodNotAllowed, RouteNotFound, to_api_error
-from app.gateway import Ctx, Gateway, api_error_response, json_response
+from app.context import Ctx, new_ctx
+from app.endpoints import GENERATION_ENDPOINTS
+from app.endpoints.base import GenerationEndpoint
+from app.endpoints.cache_admin import invalidate
+from app.endpoints.models import list_models, retrieve_model
+from app.endpoints.passthrough import PASSTHROUGH_ROUTES
+from app.endpoints.responses_stored import STORED_ROUTES
+from app.endpoints.usage import usage
+from app.errors import MethodNotAllowed, NotReady, RouteNotFound, to_api_error
+from app.gateway import Gateway
+from app.openapi import openapi_document
+from app.response_types import api_error_response, json_response
 
 log = logging.getLogger("liftoff.server")
 
@@ -27,14 +41,15 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def _endpoint(gateway: Gateway, route: str, handler: Handler) -> Endpoint:
     """Wrap a handler: request id, the error boundary, headers every response gets, metrics."""
+    finisher = gateway.finisher
 
     async def endpoint(request: Request) -> Response:
-        ctx = gateway.new_ctx(route, request)
+        ctx = new_ctx(route, request)
         try:
             response = await handler(request, ctx)
         except Exception as exc:  # the boundary: every error becomes an OpenAI-shaped body
-            response = gateway.error_response(ctx, exc)
-        return gateway.finish(ctx, response, request.method)
+            response = finisher.error_response(ctx, exc)
+        return finisher.finish(ctx, response, request.method)
 
     return endpoint
 
@@ -66,219 +81,6 @@ class GatewayApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def openapi_document() -> dict[str, Any]:
-    """A hand-written OpenAPI 3.1 description of the gateway's routes."""
-    error = {"$ref": "#/components/schemas/Error"}
-    errors = {
-        code: {"description": text, "content": {"application/json": {"schema": error}}}
-        for code, text in {
-            "400": "invalid request (bad type or value, context_length_exceeded, "
-            "content_policy_violation)",
-            "401": "missing or unknown client key (invalid_api_key)",
-            "404": "unknown model (model_not_found)",
-            "413": "body over server.max_body_bytes",
-            "415": "content type is not application/json",
-            "429": "rate_limit_exceeded or insufficient_quota; Retry-After is set",
-            "502": "the provider failed, or its stream was interrupted",
-            "503": "circuit open, not ready, or limits unavailable (fail closed)",
-            "504": "the provider timed out",
-        }.items()
-    }
-    headers = {
-        "x-request-id": {
-            "schema": {"type": "string"},
-            "description": "taken from the request or made",
-        },
-        "x-liftoff-cache": {"schema": {"enum": ["hit", "miss", "bypass"]}},
-        "x-liftoff-overhead-ms": {
-            "schema": {"type": "number"},
-            "description": "the gateway's own time, upstream wait excluded",
-        },
-        "x-liftoff-budget-remaining": {"schema": {"type": "number"}, "description": "USD"},
-        **{
-            f"x-ratelimit-{what}-{kind}": {"schema": {"type": "string"}}
-            for what in ("limit", "remaining", "reset")
-            for kind in ("requests", "tokens")
-        },
-    }
-    generation_params = [
-        {
-            "name": "x-liftoff-cache",
-            "in": "header",
-            "schema": {"enum": ["force", "bypass"]},
-            "description": "force: cache even a non-deterministic request; bypass: skip the cache",
-        },
-        {
-            "name": "Cache-Control",
-            "in": "header",
-            "schema": {"type": "string"},
-            "description": "no-cache skips the cache",
-        },
-    ]
-
-    def generation(summary: str, schema: str) -> dict[str, Any]:
-        return {
-            "post": {
-                "summary": summary,
-                "security": [{"bearer": []}],
-                "parameters": generation_params,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "the completion (JSON), or SSE chunks when stream is true",
-                        "headers": headers,
-                        "content": {
-                            "application/json": {"schema": {"type": "object"}},
-                            "text/event-stream": {"schema": {"type": "string"}},
-                        },
-                    },
-                    **errors,
-                },
-            }
-        }
-
-    def simple(summary: str, secured: bool = True, method: str = "get") -> dict[str, Any]:
-        op: dict[str, Any] = {
-            "summary": summary,
-            "responses": {
-                "200": {
-                    "description": "OK",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                }
-            },
-        }
-        if secured:
-            op["security"] = [{"bearer": []}]
-            op["responses"]["401"] = errors["401"]
-        return {method: op}
-
-    stop = {
-        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]
-    }
-    common = {
-        "model": {
-            "type": "string",
-            "description": "an alias (fast, smart) or a pinned catalog model",
-        },
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "n": {"type": "integer", "minimum": 1},
-        "stream": {"type": "boolean"},
-        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-        "stop": stop,
-        "max_tokens": {"type": "integer", "minimum": 1},
-        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-        "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-        "seed": {"type": "integer"},
-        "user": {"type": "string", "description": "forwarded to the provider as a stable hash"},
-    }
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Liftoff gateway",
-            "version": "0.1.0",
-            "description": "An OpenAI-compatible gateway: cache, shared rate limits, budgets, "
-            "retries, batching, moderation and metrics in front of an LLM provider.",
-        },
-        "paths": {
-            "/v1/chat/completions": generation("Create a chat completion", "ChatRequest"),
-            "/v1/completions": generation(
-                "Create a completion (up to 20 prompts)", "CompletionRequest"
-            ),
-            "/v1/models": simple("List the models (aliases and pinned versions)"),
-            "/v1/models/{model}": simple("Retrieve one model"),
-            "/v1/usage": {
-                "get": {
-                    **simple("This key's tokens, cost and budget for a month (admin: every key)")[
-                        "get"
-                    ],
-                    "parameters": [
-                        {
-                            "name": "month",
-                            "in": "query",
-                            "schema": {"type": "string", "pattern": "^\\d{4}-\\d{2}$"},
-                        },
-                        {
-                            "name": "key",
-                            "in": "query",
-                            "schema": {"type": "string"},
-                            "description": "admin only: one key's usage",
-                        },
-                    ],
-                }
-            },
-            "/admin/cache/invalidate": simple(
-                "Invalidate cached answers (all, one model's, one client key's, or one key's "
-                "for one model: body {model?, key?}) by bumping the namespace version",
-                method="post",
-            ),
-            "/healthz": simple("Liveness", secured=False),
-            "/readyz": simple("Readiness (503 while starting or draining)", secured=False),
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition format"}},
-                }
-            },
-            "/openapi.json": simple("This document", secured=False),
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["message", "type", "param", "code"],
-                            "properties": {
-                                "message": {"type": "string"},
-                                "type": {"type": "string"},
-                                "param": {"type": ["string", "null"]},
-                                "code": {"type": ["string", "null"]},
-                            },
-                        }
-                    },
-                },
-                "ChatRequest": {
-                    "type": "object",
-                    "required": ["model", "messages"],
-                    "properties": {
-                        **common,
-                        "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
-                        "max_completion_tokens": {"type": "integer", "minimum": 1},
-                        "tools": {"type": "array"},
-                        "response_format": {"type": "object"},
-                    },
-                },
-                "CompletionRequest": {
-                    "type": "object",
-                    "required": ["model", "prompt"],
-                    "properties": {
-                        **common,
-                        "prompt": {
-                            "oneOf": [
-                                {"type": "string"},
-                                {"type": "array", "items": {"type": "string"}, "maxItems": 20},
-                            ]
-                        },
-                        "best_of": {"type": "integer", "minimum": 1},
-                        "echo": {"type": "boolean"},
-                        "logprobs": {"type": "integer", "minimum": 0, "maximum": 5},
-                        "suffix": {"type": "string"},
-                    },
-                },
-            },
-        },
-    }
-
-
 def tune_gc_for_serving() -> None:
     """After startup: fewer and cheaper garbage collections while serving (process-wide).
 
@@ -308,27 +110,22 @@ def create_app(
     """
     config = config or load_config(env=env)
     gateway = Gateway(config, env)
-    openapi = json_response(openapi_document()).body
+    openapi = json_response(openapi_document(config)).body
 
-    async def chat(request: Request, ctx: Ctx) -> Response:
-        return await gateway.generate("chat", request, ctx)
+    def generation(endpoint: GenerationEndpoint) -> Handler:
+        async def handler(request: Request, ctx: Ctx) -> Response:
+            pipeline = gateway.pipeline
+            if pipeline is None:
+                raise NotReady()
+            return await pipeline.generate(endpoint, request, ctx)
 
-    async def completions(request: Request, ctx: Ctx) -> Response:
-        return await gateway.generate("completions", request, ctx)
+        return handler
 
-    async def models(request: Request, ctx: Ctx) -> Response:
-        gateway.authenticate(request, ctx)
-        return json_response({"object": "list", "data": gateway.models_list()})
+    def bound(handler: Callable[[Gateway, Request, Ctx], Awaitable[Response]]) -> Handler:
+        async def call(request: Request, ctx: Ctx) -> Response:
+            return await handler(gateway, request, ctx)
 
-    async def model(request: Request, ctx: Ctx) -> Response:
-        gateway.authenticate(request, ctx)
-        name = request.path_params["model"]
-        for entry in gateway.models_list():
-            if entry["id"] == name:
-                return json_response(entry)
-        from app.errors import ModelNotFound
-
-        raise ModelNotFound(name)
+        return call
 
     async def healthz(request: Request, ctx: Ctx) -> Response:
         return json_response({"status": "ok"})
@@ -351,16 +148,19 @@ def create_app(
         return Route(path, _endpoint(gateway, name, handler), methods=methods)
 
     hot_routes = {
-        "/v1/chat/completions": _endpoint(gateway, "chat", chat),
-        "/v1/completions": _endpoint(gateway, "completions", completions),
+        endpoint.path: _endpoint(gateway, endpoint.name, generation(endpoint))
+        for endpoint in GENERATION_ENDPOINTS
     }
     routes = [
-        Route("/v1/chat/completions", hot_routes["/v1/chat/completions"], methods=["POST"]),
-        Route("/v1/completions", hot_routes["/v1/completions"], methods=["POST"]),
-        route("/v1/models", "models", models, ["GET"]),
-        route("/v1/models/{model:path}", "models", model, ["GET"]),
-        route("/v1/usage", "usage", gateway.usage, ["GET"]),
-        route("/admin/cache/invalidate", "invalidate", gateway.invalidate, ["POST"]),
+        *(Route(path, handler, methods=["POST"]) for path, handler in hot_routes.items()),
+        route("/v1/models", "models", bound(list_models), ["GET"]),
+        route("/v1/models/{model:path}", "models", bound(retrieve_model), ["GET"]),
+        route("/v1/usage", "usage", bound(usage), ["GET"]),
+        *(
+            route(path, name, bound(call), methods)
+            for path, name, call, methods in (*STORED_ROUTES, *PASSTHROUGH_ROUTES)
+        ),
+        route("/admin/cache/invalidate", "invalidate", bound(invalidate), ["POST"]),
         route("/healthz", "healthz", healthz, ["GET"]),
         route("/readyz", "readyz", readyz, ["GET"]),
         route("/metrics", "metrics", metrics, ["GET"]),
@@ -368,12 +168,14 @@ def create_app(
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:
+        # Unknown routes and methods get the headers, metrics and log line of any response.
         status = getattr(exc, "status_code", 500)
+        ctx = new_ctx("unknown", request)
         mapped = MethodNotAllowed() if status == 405 else RouteNotFound()
         response = api_error_response(to_api_error(mapped))
         if status == 405 and isinstance(exc, HTTPException) and exc.headers:
             response.headers["allow"] = exc.headers.get("Allow", "")
-        return response
+        return gateway.finisher.finish(ctx, response, request.method)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

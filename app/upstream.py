@@ -1,30 +1,36 @@
 """The provider client: pooled keep-alive connections, retries, breaker, concurrency cap, fallbacks.
 
-One ``aiohttp.ClientSession`` serves every request. A call to a model goes through:
+Each catalog model is served by one named provider (``app/providers/``: the URL, body and auth
+for a model, and what a refusal means); each provider has its own ``aiohttp.ClientSession``
+(connection pool). A call to a model goes through:
 
 1. the model's circuit breaker (open -> fail fast with 503 until a probe may go through);
-2. the model's concurrency cap (an ``asyncio.Semaphore``);
-3. up to ``retry.max_attempts`` attempts: 429, 500, 502, 503, 504, connect errors and read timeouts
-   are retried after ``Retry-After`` / ``retry-after-ms`` / ``x-ratelimit-reset-*`` when the
-   provider sends them, else after exponential backoff with full jitter; a wait longer than
-   ``retry.cap_s`` is not slept through but handed to the client as a 429 with Retry-After;
-4. on a 401 the provider key is fetched again from Secrets Manager once (rotation);
-5. when the model stays unavailable, its fallback models in order.
+2. the model's concurrency cap, with a bounded line (``app/overload.py``): a call waits at most
+   ``queue_timeout_s`` for a slot and is shed at once (503 overloaded) when the line cannot drain
+   in that time;
+3. up to ``retry.max_attempts`` attempts: 408, 429, 500, 502, 503, 504, connect errors and read
+   timeouts are retried after ``Retry-After`` / ``retry-after-ms`` / ``x-ratelimit-reset-*`` when
+   the provider sends them, else after exponential backoff with full jitter; a wait longer than
+   ``retry.cap_s`` is not slept through but handed to the client as a 429 with Retry-After; every
+   retry (and every fallback after a provider call) is paid from the provider's retry budget, and
+   when it is spent the error goes to the client at once;
+4. on a 401 the provider's key (or Entra token) is fetched again once (rotation);
+5. when the model stays unavailable, its fallback models in order, each at its own provider.
 
 Streams are retried only until their first event arrived; after that the gateway has sent bytes
-to the client and an interruption is reported in-band (see ``app/streaming.py``).
+to the client and an interruption is reported in-band (see ``app/streaming.py``). Passthrough
+calls (:meth:`UpstreamClient.open_raw`) stream both bodies and are retried only when the request
+body can be sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
+import functools
 import logging
 import random
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,128 +38,44 @@ import aiohttp
 import orjson
 import yarl
 
+from app.breaker import CircuitBreaker
 from app.config import ModelsConfig, UpstreamConfig
 from app.errors import (
     CircuitOpen,
     GatewayError,
+    Overloaded,
     StreamInterrupted,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
 from app.metrics import Metrics
+from app.overload import ConcurrencyQueue, RetryBudget
+from app.providers import Provider
+from app.providers.base import RETRY_STATUSES
+from app.providers.base import parse_duration as parse_duration
+from app.providers.base import retry_hint as retry_hint
 
 log = logging.getLogger("liftoff.upstream")
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_SSE_EVENT_BYTES = 1 << 20  # one event larger than this is a broken stream, not a big answer
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_duration(text: str) -> float | None:
-    """OpenAI's reset durations: "1s", "6m0s", "20ms", "1h2m3.5s", or plain seconds "2.5"."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    total, pos = 0.0, 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        value, unit = float(match.group(1)), match.group(2)
-        total += value * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[unit]
-        pos = match.end()
-    return total if pos == len(text) else None
-
-
-def retry_hint(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """How long the provider asked us to wait, from its headers; None when it did not say."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        with contextlib.suppress(ValueError):
-            return max(0.0, float(ms) / 1000)
-    if (value := headers.get("retry-after")) is not None:
-        seconds = parse_duration(value)
-        if seconds is not None:
-            return seconds
-        with contextlib.suppress(TypeError, ValueError):
-            when = email.utils.parsedate_to_datetime(value).timestamp()
-            return max(0.0, when - (time.time() if now is None else now))
-    resets = [
-        parse_duration(headers[name])
-        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-        if name in headers
-    ]
-    # Only a limit that is exhausted matters; the provider sends both on every 429.
-    exhausted = []
-    for kind, reset in zip(("requests", "tokens"), resets, strict=False):
-        if reset is not None and headers.get(f"x-ratelimit-remaining-{kind}", "1") == "0":
-            exhausted.append(reset)
-    if exhausted:
-        return max(exhausted)
-    known = [r for r in resets if r is not None]
-    return min(known) if known else None
-
-
-class CircuitBreaker:
-    """closed -> (failure_threshold consecutive failures) -> open -> (reset_after_s) -> half-open.
-
-    Half-open lets one probe through: success closes the circuit, failure opens it again.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        failure_threshold: int,
-        reset_after_s: float,
-        on_change: Callable[[str, str], None],
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.model = model
-        self.failure_threshold = failure_threshold
-        self.reset_after_s = reset_after_s
-        self.state = "closed"
-        self.failures = 0
-        self.opened_at = 0.0
-        self._probe_in_flight = False
-        self._on_change = on_change
-        self._clock = clock
-
-    def _set(self, state: str) -> None:
-        if state != self.state:
-            log.warning("circuit %s", state, extra={"model": self.model, "from": self.state})
-            self.state = state
-            self._on_change(self.model, state)
-
-    def before_call(self) -> None:
-        """Raise CircuitOpen when calls must fail fast; otherwise let this call through."""
-        if self.state == "closed":
-            return
-        remaining = self.opened_at + self.reset_after_s - self._clock()
-        if self.state == "open" and remaining > 0:
-            raise CircuitOpen(self.model, remaining)
-        if self._probe_in_flight:
-            raise CircuitOpen(self.model, max(remaining, 1.0))
-        self._set("half_open")
-        self._probe_in_flight = True
-
-    def success(self) -> None:
-        self._probe_in_flight = False
-        self.failures = 0
-        self._set("closed")
-
-    def failure(self) -> None:
-        self._probe_in_flight = False
-        self.failures += 1
-        if self.state == "half_open" or self.failures >= self.failure_threshold:
-            self.opened_at = self._clock()
-            self._set("open")
-
-    def abandon(self) -> None:
-        """The call ended without telling us about the provider's health (e.g. cancelled)."""
-        self._probe_in_flight = False
+MAX_ERROR_BODY_BYTES = 1 << 16  # a refusal read before retrying a passthrough call
+# Never passed between client and provider: per-connection headers, and the client's own auth
+# (replaced by the provider's).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+CLIENT_ONLY = HOP_BY_HOP | {"host", "authorization", "api-key", "cookie", "expect"}
 
 
 class _Retry(Exception):
@@ -182,6 +104,10 @@ class CallStats:
     upstream_s: float = 0.0
     attempts: int = 0
     model_used: str = ""
+    # Tracing on (app/telemetry.py): the request's trace, and the current attempt's W3C trace
+    # context headers (traceparent, tracestate) for the provider.
+    trace: Any = None
+    trace_headers: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -203,6 +129,8 @@ class Stream:
     first_event: bytes
     _response: aiohttp.ClientResponse
     _release: Callable[[], None]
+    # Whether an event is the stream's last; None: ``data: [DONE]`` (chat, completions).
+    ends: Callable[[bytes], bool] | None = None
     _closed: bool = field(default=False)
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
@@ -211,11 +139,12 @@ class Stream:
         the client in one write rather than one per event. Nothing ever waits for more data
         than has arrived, so this is no buffering: a lone event goes out alone, at once.
 
-        Raises StreamInterrupted when the connection breaks or ends before ``data: [DONE]``,
-        or an event grows beyond MAX_SSE_EVENT_BYTES.
+        Raises StreamInterrupted when the connection breaks or ends before the last event
+        (``data: [DONE]``, or what ``ends`` says), or an event grows beyond MAX_SSE_EVENT_BYTES.
         """
+        ends = self.ends
         yield [self.first_event]
-        if self.first_event == b"data: [DONE]":
+        if ends(self.first_event) if ends is not None else self.first_event == b"data: [DONE]":
             return
         content = self._response.content
         partial = b""
@@ -235,7 +164,7 @@ class Stream:
                 if not event or event.startswith(b":"):
                     continue  # keep-alive comment
                 batch.append(event)
-                if event == b"data: [DONE]":
+                if ends(event) if ends is not None else event == b"data: [DONE]":
                     yield batch
                     return
             if batch:
@@ -244,93 +173,172 @@ class Stream:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._response.content.at_eof():
-                self._response.release()  # finished cleanly: the connection goes back to the pool
-            else:
-                self._response.close()  # abandoned mid-way: the connection cannot be reused
+            _finish(self._response)
             self._release()
 
 
+@dataclass(slots=True)
+class RawReply:
+    """A passthrough answer whose body is not read yet: relay :meth:`chunks`, then
+    :meth:`close`. ``headers`` are the provider's (name, value) pairs in order, repeats kept,
+    hop-by-hop ones removed; the body is passed as it came (``content-encoding`` included)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    provider: str
+    _response: aiohttp.ClientResponse
+    _closed: bool = field(default=False)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; StreamInterrupted when the connection breaks."""
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise StreamInterrupted(type(exc).__name__) from None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _finish(self._response)
+
+
+def _finish(response: aiohttp.ClientResponse) -> None:
+    if response.content.at_eof():
+        response.release()  # finished cleanly: the connection goes back to the pool
+    else:
+        response.close()  # abandoned mid-way: the connection cannot be reused
+
+
+@dataclass(slots=True)
+class _Target:
+    """Where one model's calls go: its provider, and its own breaker, slots and URLs."""
+
+    model: str
+    provider: Provider
+    breaker: CircuitBreaker
+    slots: ConcurrencyQueue
+    urls: dict[str, yarl.URL] = field(default_factory=dict)
+
+    def url(self, path: str) -> yarl.URL:
+        # Built once per path: aiohttp would parse a str URL on every request.
+        url = self.urls.get(path)
+        if url is None:
+            url = self.provider.url_for(path, self.model)
+            if len(self.urls) < 64:  # the JSON routes; a path with ids in it is not kept
+                self.urls[path] = url
+        return url
+
+
 class UpstreamClient:
+    """Calls to catalog models, each routed to its provider.
+
+    ``providers`` are the named providers in config order (``app.providers.build_providers``);
+    the first serves models that name none.
+    """
+
     def __init__(
         self,
-        base_url: str,
+        providers: Mapping[str, Provider],
         config: UpstreamConfig,
         models: ModelsConfig,
         metrics: Metrics,
-        api_key: Callable[[], str | None],
-        refresh_api_key: Callable[[], Awaitable[bool]],
         rng: Callable[[], float] = random.random,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.providers = dict(providers)
         self.config = config
         self.metrics = metrics
-        self._api_key = api_key
-        self._refresh_api_key = refresh_api_key
         self._rng = rng
         self._fallbacks = {name: spec.fallbacks for name, spec in models.catalog.items()}
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, yarl.URL] = {}
+        names = tuple(self.providers)
+        self._default = self.providers[names[0]]
+        self._provider_of = {
+            name: self.providers[models.provider_of(name, names)] for name in models.catalog
+        }
+        self._targets: dict[str, _Target] = {}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        retry = config.retry
+        self._budgets = {
+            name: RetryBudget(retry.budget_ratio, retry.budget_min_per_s) for name in self.providers
+        }
         for name in models.catalog:
             metrics.set_circuit(name, "closed")
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections,
-            keepalive_timeout=60,
-            ttl_dns_cache=300,
-            enable_cleanup_closed=True,
-        )
+        """One connection pool per provider."""
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=self.config.timeout_connect_s,
             sock_read=self.config.timeout_read_s,
         )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            read_bufsize=1 << 17,
-            skip_auto_headers=("User-Agent",),
-            headers={"user-agent": "liftoff-gateway"},
-            cookie_jar=aiohttp.DummyCookieJar(),  # a provider sets no cookies we should keep
-        )
+        for name in self.providers:
+            connector = aiohttp.TCPConnector(
+                limit=self.config.max_connections,
+                keepalive_timeout=60,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=True,
+            )
+            self._sessions[name] = aiohttp.ClientSession(
+                connector=connector,
+                timeout=timeout,
+                read_bufsize=1 << 17,
+                skip_auto_headers=("User-Agent",),
+                headers={"user-agent": "liftoff-gateway"},
+                cookie_jar=aiohttp.DummyCookieJar(),  # a provider sets no cookies we should keep
+            )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
+        for provider in self.providers.values():
+            await provider.credential.close()
+
+    def provider_for(self, model: str) -> Provider:
+        """The provider serving ``model`` (a name outside the catalog: the first provider)."""
+        return self._provider_of.get(model, self._default)
 
     def breaker(self, model: str) -> CircuitBreaker:
-        breaker = self._breakers.get(model)
-        if breaker is None:
+        return self._target(model).breaker
+
+    def _target(self, model: str) -> _Target:
+        target = self._targets.get(model)
+        if target is None:
             cfg = self.config.breaker
-            breaker = self._breakers[model] = CircuitBreaker(
-                model, cfg.failure_threshold, cfg.reset_after_s, self.metrics.set_circuit
+            target = self._targets[model] = _Target(
+                model,
+                self.provider_for(model),
+                CircuitBreaker(
+                    model, cfg.failure_threshold, cfg.reset_after_s, self.metrics.set_circuit
+                ),
+                ConcurrencyQueue(
+                    model,
+                    self.config.max_concurrency_per_model,
+                    self.config.queue_timeout_s,
+                    self.metrics.child(self.metrics.upstream_queue_length, model).set,
+                ),
             )
-        return breaker
+        return target
 
-    def _url(self, path: str) -> yarl.URL:
-        # Parsed once per path: aiohttp would parse a str URL on every request.
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = yarl.URL(self.base_url + path)
-        return url
+    def _session(self, provider: Provider) -> aiohttp.ClientSession:
+        session = self._sessions.get(provider.name)
+        assert session is not None, "UpstreamClient.start() was not awaited"
+        return session
 
-    def _semaphore(self, model: str) -> asyncio.Semaphore:
-        sem = self._semaphores.get(model)
-        if sem is None:
-            sem = self._semaphores[model] = asyncio.Semaphore(self.config.max_concurrency_per_model)
-        return sem
-
-    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+    @staticmethod
+    async def _headers(
+        provider: Provider,
+        url: yarl.URL,
+        payload: bytes,
+        extra: Mapping[str, str] | None,
+        trace: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         if extra:
             headers.update(extra)
-        key = self._api_key()
-        if key:
-            headers["authorization"] = f"Bearer {key}"
+        if trace:
+            headers.update(trace)  # this attempt's span, over any traceparent forwarded
+        headers.update(await provider.auth_headers("POST", url, payload))
         return headers
 
     def backoff(self, attempt: int, hint: float | None) -> float | None:
@@ -352,8 +360,8 @@ class UpstreamClient:
     ) -> Reply:
         """POST with retries and fallbacks; returns the first 200 reply."""
 
-        async def once(candidate: str) -> Reply:
-            return await self._attempt_json(path, body, candidate, stats, headers)
+        async def once(target: _Target) -> Reply:
+            return await self._attempt_json(path, body, target, stats, headers)
 
         return await self._with_fallbacks(model, once, stats)
 
@@ -364,11 +372,13 @@ class UpstreamClient:
         model: str,
         stats: CallStats,
         headers: Mapping[str, str] | None = None,
+        ends: Callable[[bytes], bool] | None = None,
     ) -> Stream:
-        """Open a streaming call; retries and fallbacks apply until the first event is read."""
+        """Open a streaming call; retries and fallbacks apply until the first event is read.
+        ``ends`` tells the stream's last event (None: ``data: [DONE]``)."""
 
-        async def once(candidate: str) -> Stream:
-            return await self._attempt_stream(path, body, candidate, stats, headers)
+        async def once(target: _Target) -> Stream:
+            return await self._attempt_stream(path, body, target, stats, headers, ends)
 
         return await self._with_fallbacks(model, once, stats)
 
@@ -380,45 +390,155 @@ class UpstreamClient:
         results = reply.json().get("results") or []
         return any(isinstance(r, dict) and r.get("flagged") for r in results)
 
+    async def open_raw(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | AsyncIterable[bytes] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        query: str = "",
+        stats: CallStats | None = None,
+    ) -> RawReply:
+        """Any route, passed through: ``path`` is the OpenAI path ("/v1/files"), ``query`` the
+        client's raw query string, ``headers`` the client's (its auth, cookies and hop-by-hop
+        headers are dropped; the provider's auth is added). Neither body is buffered: an async
+        iterable ``body`` is streamed up (with the client's content-length when it sent one)
+        and the answer comes back unread in a :class:`RawReply`.
+
+        The provider is ``provider`` by name, else ``model``'s, else the first. 408/429/5xx,
+        connect errors and timeouts are retried like the JSON calls when ``body`` is bytes or
+        None; a streamed body is sent once (a 401 still refreshes the key for later calls).
+        Raises UpstreamError (a retryable status or a 401, attempts spent),
+        UpstreamTimeout or UpstreamUnreachable; any other status is returned as it came.
+        """
+        chosen = (
+            self.providers[provider] if provider is not None else self.provider_for(model or "")
+        )
+        url = chosen.url_for(path, model)
+        if query:
+            own = set(url.query)
+            url = url.extend_query(
+                [(k, v) for k, v in yarl.URL(f"?{query}").query.items() if k not in own]
+            )
+        replayable = body is None or isinstance(body, bytes)
+        sent = [
+            (k, v)
+            for k, v in headers.items()
+            if k.lower() not in CLIENT_ONLY and not (replayable and k.lower() == "content-length")
+        ]
+        stats = CallStats() if stats is None else stats
+
+        async def once() -> RawReply:
+            signed = (body or b"") if isinstance(body, bytes | None) else None  # None: streamed
+            out = [*sent, *(await chosen.auth_headers(method, url, signed)).items()]
+            session = self._session(chosen)
+            started = time.perf_counter()
+            stats.attempts += 1
+            try:
+                response = await session.request(
+                    method, url, data=body, headers=out, auto_decompress=False
+                )
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _transport_retry(exc) from None
+            finally:
+                stats.upstream_s += time.perf_counter() - started
+            if response.status in RETRY_STATUSES or response.status == 401:
+                try:
+                    data = await response.content.read(MAX_ERROR_BODY_BYTES)
+                except (TimeoutError, aiohttp.ClientError):
+                    data = b""
+                finally:
+                    response.close()
+                raise self._classify(chosen, response.status, data, response.headers)
+            relayed = [(k, v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP]
+            return RawReply(response.status, relayed, chosen.name, response)
+
+        return await self._with_retries(
+            model or chosen.name, chosen, once, stats, replayable=replayable
+        )
+
     # --- machinery -------------------------------------------------------------------------
 
     async def _with_fallbacks(
-        self, model: str, once: Callable[[str], Awaitable[Any]], stats: CallStats
+        self, model: str, once: Callable[[_Target], Awaitable[Any]], stats: CallStats
     ) -> Any:
         candidates = (model, *self._fallbacks.get(model, ()))
         last: GatewayError | None = None
+        calls_before = stats.attempts
         for candidate in candidates:
+            target = self._target(candidate)
+            # A fallback after a provider call is one more call for this request: a retry, paid
+            # from the budget; after a model that made none (open circuit, shed) it is the first.
+            fallback = stats.attempts > calls_before
+            if fallback and not self._may_retry(target.provider, candidate):
+                break
             try:
-                result = await self._with_retries(candidate, once, stats)
-            except (CircuitOpen, UpstreamTimeout, UpstreamUnreachable) as exc:
+                result = await self._with_retries(
+                    candidate,
+                    target.provider,
+                    functools.partial(once, target),
+                    stats,
+                    first_call=not fallback,
+                )
+            except (CircuitOpen, Overloaded, UpstreamTimeout, UpstreamUnreachable) as exc:
                 last = exc
             except UpstreamError as exc:
-                if exc.status < 500 and exc.status != 429:
+                if exc.status < 500 and exc.status not in (408, 429):
                     raise
                 last = exc
             else:
                 if candidate != model:
                     self.metrics.child(self.metrics.upstream_fallbacks, model, candidate).inc()
-                    log.warning("served by fallback", extra={"model": model, "fallback": candidate})
+                    log.warning(
+                        "served by fallback",
+                        extra={
+                            "model": model,
+                            "fallback": candidate,
+                            "provider": target.provider.name,
+                        },
+                    )
                 stats.model_used = candidate
                 return result
         assert last is not None
         raise last
 
     async def _with_retries(
-        self, model: str, once: Callable[[str], Awaitable[Any]], stats: CallStats
+        self,
+        label: str,
+        provider: Provider,
+        once: Callable[[], Awaitable[Any]],
+        stats: CallStats,
+        replayable: bool = True,
+        first_call: bool = True,
     ) -> Any:
-        max_attempts = self.config.retry.max_attempts
+        """Attempts of one call at one provider; ``label`` names it in metrics and logs.
+
+        The first attempt that reaches the provider earns the provider's retry budget its share
+        (unless ``first_call`` is False: a fallback, itself paid as a retry); every further
+        attempt is paid from it, and when the budget is spent the last error goes to the client.
+        """
+        max_attempts = self.config.retry.max_attempts if replayable else 1
+        if stats.trace is not None:
+            once = stats.trace.attempts(once, provider, label)  # a client span per attempt
         refreshed_key = False
         attempt = 0
+        calls_before = stats.attempts
         while True:
             try:
-                return await once(model)
+                try:
+                    return await once()
+                finally:
+                    if first_call and stats.attempts > calls_before:
+                        first_call = False  # earned before this request's own retry is paid
+                        self._budgets[provider.name].first_call()
             except _Retry as retry:
                 if retry.reason == "401":
-                    if not refreshed_key and await self._refresh_api_key():
+                    if not refreshed_key and await provider.credential.refresh():
                         refreshed_key = True
-                        continue
+                        if replayable and self._may_retry(provider, label):
+                            continue
                     raise retry.error from None
                 attempt += 1
                 if attempt >= max_attempts:
@@ -427,67 +547,80 @@ class UpstreamClient:
                 if delay is None:
                     # The provider asks for a longer pause than we may hold the client for.
                     raise retry.error from None
-                self.metrics.child(self.metrics.upstream_retries, model, retry.reason).inc()
+                if not self._may_retry(provider, label):
+                    raise retry.error from None
+                self.metrics.child(self.metrics.upstream_retries, label, retry.reason).inc()
                 log.info(
                     "retrying upstream",
-                    extra={"model": model, "reason": retry.reason, "delay_s": round(delay, 3)},
+                    extra={
+                        "model": label,
+                        "provider": provider.name,
+                        "reason": retry.reason,
+                        "delay_s": round(delay, 3),
+                    },
                 )
                 # Backing off is waiting on the provider, not the gateway's own overhead.
                 stats.upstream_s += delay
                 await asyncio.sleep(delay)
 
+    def _may_retry(self, provider: Provider, label: str) -> bool:
+        """Spend one retry of ``provider``'s budget; False (counted, logged) when it is spent."""
+        if self._budgets[provider.name].try_retry():
+            return True
+        self.metrics.child(self.metrics.retry_budget_exhausted, label).inc()
+        log.info("retry budget spent", extra={"model": label, "provider": provider.name})
+        return False
+
     def _refusal(
-        self, breaker: CircuitBreaker, status: int, body: bytes, headers: Mapping[str, str]
+        self,
+        target: _Target,
+        status: int,
+        body: bytes,
+        headers: Mapping[str, str],
     ) -> _Retry | UpstreamError:
         """A non-200 answer: a 5xx counts against the breaker; a 4xx says nothing of health."""
         if status >= 500:
-            breaker.failure()
+            target.breaker.failure()
         else:
-            breaker.abandon()
-        return self._classify(status, body, headers)
+            target.breaker.abandon()
+        return self._classify(target.provider, status, body, headers)
 
+    @staticmethod
     def _classify(
-        self, status: int, body: bytes, headers: Mapping[str, str]
+        provider: Provider, status: int, body: bytes, headers: Mapping[str, str]
     ) -> _Retry | UpstreamError:
-        try:
-            parsed = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError:
-            parsed = {}
-        if not isinstance(parsed, dict):
-            parsed = {}
-        hint = retry_hint(headers)
-        error = UpstreamError(status, parsed, hint)
-        if status in RETRY_STATUSES:
-            return _Retry(error, str(status), hint)
-        if status == 401:
-            return _Retry(error, "401")
-        return error
+        refusal = provider.classify(status, headers, body)
+        if refusal.retry_reason is None:
+            return refusal.error
+        return _Retry(refusal.error, refusal.retry_reason, refusal.error.retry_after_s)
 
     async def _attempt_json(
         self,
         path: str,
         body: dict[str, Any],
-        model: str,
+        target: _Target,
         stats: CallStats,
         extra: Mapping[str, str] | None,
     ) -> Reply:
-        assert self._session is not None, "UpstreamClient.start() was not awaited"
-        breaker = self.breaker(model)
+        provider, model = target.provider, target.model
+        session = self._session(provider)
+        url = target.url(path)
+        payload = orjson.dumps(provider.body_for(path, model, body))
+        headers = await self._headers(provider, url, payload, extra, stats.trace_headers)
+        breaker = target.breaker
         breaker.before_call()
-        payload = orjson.dumps(body if body.get("model") == model else {**body, "model": model})
         gauge = self.metrics.child(self.metrics.upstream_in_flight, model)
         healthy: bool | None = None
-        async with self._semaphore(model):
+        taken = await self._take_slot(target)
+        try:
             gauge.inc()
             started = time.perf_counter()
             try:
                 stats.attempts += 1
-                async with self._session.post(
-                    self._url(path), data=payload, headers=self._headers(extra)
-                ) as response:
+                async with session.post(url, data=payload, headers=headers) as response:
                     data = await response.read()
                     status = response.status
-                    headers = response.headers
+                    answer_headers = response.headers
             except (TimeoutError, aiohttp.ClientError) as exc:
                 healthy = False
                 raise _transport_retry(exc) from None
@@ -501,40 +634,44 @@ class UpstreamClient:
                     breaker.failure()
             if status == 200:
                 breaker.success()
-                return Reply(status, data, headers, model)
-            raise self._refusal(breaker, status, data, headers)
+                return Reply(status, data, answer_headers, model)
+            raise self._refusal(target, status, data, answer_headers)
+        finally:
+            target.slots.release(taken)
 
     async def _attempt_stream(
         self,
         path: str,
         body: dict[str, Any],
-        model: str,
+        target: _Target,
         stats: CallStats,
         extra: Mapping[str, str] | None,
+        ends: Callable[[bytes], bool] | None = None,
     ) -> Stream:
-        assert self._session is not None, "UpstreamClient.start() was not awaited"
-        breaker = self.breaker(model)
+        provider, model = target.provider, target.model
+        session = self._session(provider)
+        url = target.url(path)
+        payload = orjson.dumps(provider.body_for(path, model, body))
+        headers = await self._headers(provider, url, payload, extra, stats.trace_headers)
+        breaker = target.breaker
         breaker.before_call()
-        payload = orjson.dumps(body if body.get("model") == model else {**body, "model": model})
-        semaphore = self._semaphore(model)
-        await semaphore.acquire()
+        slots = target.slots
+        taken = await self._take_slot(target)
         gauge = self.metrics.child(self.metrics.upstream_in_flight, model)
         gauge.inc()
 
         def release() -> None:
             gauge.dec()
-            semaphore.release()
+            slots.release(taken)
 
         started = time.perf_counter()
         response: aiohttp.ClientResponse | None = None
         try:
             stats.attempts += 1
-            response = await self._session.post(
-                self._url(path), data=payload, headers=self._headers(extra)
-            )
+            response = await session.post(url, data=payload, headers=headers)
             if response.status != 200:
                 data = await response.read()
-                raise self._refusal(breaker, response.status, data, response.headers)
+                raise self._refusal(target, response.status, data, response.headers)
             first = await response.content.readuntil(b"\n\n", max_size=MAX_SSE_EVENT_BYTES)
             while first.strip().startswith(b":"):
                 first = await response.content.readuntil(b"\n\n", max_size=MAX_SSE_EVENT_BYTES)
@@ -553,7 +690,29 @@ class UpstreamClient:
         finally:
             stats.upstream_s += time.perf_counter() - started
         breaker.success()
-        return Stream(model, first.strip(), response, release)
+        return Stream(model, first.strip(), response, release, ends)
+
+    async def _take_slot(self, target: _Target) -> float:
+        """One of the model's concurrency slots (app/overload.py), as ``slots.acquire``. A call
+        shed or cancelled in line never reached the provider: it hands back the breaker's probe
+        (if it was the probe) and is counted."""
+        model = target.model
+        asked = time.monotonic()
+        try:
+            taken = await target.slots.acquire()
+        except Overloaded as exc:
+            target.breaker.abandon()
+            self.metrics.child(self.metrics.upstream_shed, model, exc.reason).inc()
+            if exc.reason == "timeout":
+                self.metrics.child(self.metrics.upstream_queue_wait, model).observe(
+                    time.monotonic() - asked
+                )
+            raise
+        except BaseException:
+            target.breaker.abandon()
+            raise
+        self.metrics.child(self.metrics.upstream_queue_wait, model).observe(taken - asked)
+        return taken
 
     @staticmethod
     def _drop(response: aiohttp.ClientResponse | None, release: Callable[[], None]) -> None:

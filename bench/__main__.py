@@ -1,12 +1,14 @@
 """`make bench` / `python -m bench`: the gateway's own cost, measured on loopback.
 
 Starts the provider simulator (no artificial latency, so every millisecond measured is real work),
-a redis-server when the binary exists (else the gateway's in-process back ends, recorded as such)
-and the gateway (`python -m app`, one worker, every feature on: auth, limits, cache lookup,
-accounting, metrics, access log) as child processes on free 127.0.0.1 ports, each pinned to its
-own CPU where the machine has enough. Load comes from `bench.loadgen`, a separate process, so it
-never shares the gateway's core. Writes bench/results.json and prints a table with the issue's
-speed targets marked pass/fail.
+a redis-server when the binary exists, the gateway (`python -m app`, one worker, every feature on)
+and the bare proxy (`bench.bare_proxy`: a pass-through on the gateway's stack with no features) as
+child processes on free 127.0.0.1 ports (see `bench.stack`). Every kind of load runs against the
+simulator directly, the gateway and the bare proxy back to back, and each gateway figure is also
+given as a ratio to the other two, which holds across machines where absolute req/s do not.
+`--repeat N` runs everything N times (gateway and bare proxy alternating) and reports medians.
+Load comes from `bench.loadgen`, a separate process. Writes bench/results.json and prints a
+table with the targets marked pass/fail.
 """
 
 from __future__ import annotations
@@ -18,151 +20,36 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-MODEL = "gpt-4o-mini-2024-07-18"
-UPSTREAM_KEY = "sk-bench-upstream"
-CLIENT_KEY = "lk-bench-" + os.urandom(8).hex()
-# Limits far above the offered load: they are checked on every request but never reject.
-CLIENT_KEYS = [{"name": "bench", "key": CLIENT_KEY, "rpm": 10**9, "tpm": 10**12}]
+from bench.stack import (
+    CLIENT_KEY,
+    MODEL,
+    PYTHON,
+    ROOT,
+    UPSTREAM_KEY,
+    CpuPlan,
+    Stack,
+    http_json,
+    stack,
+)
 
+# Issue 11: throughput as a ratio to the bare proxy on the same core; latency and time to first
+# token as milliseconds added to the direct path. Issue 3's cache-hit latency is kept.
 TARGETS = {
-    "cache_miss_rps": (">=", 3000.0, "requests/s"),
+    "miss_rps_over_bare_proxy": (">=", 0.5, "x bare proxy"),
     "added_latency_p50_ms": ("<=", 1.0, "ms"),
     "added_latency_p99_ms": ("<=", 3.0, "ms"),
+    "stream_ttft_overhead_ms": ("<=", 1.0, "ms"),
     "cache_hit_p50_ms": ("<", 1.0, "ms"),
-    "stream_ttft_overhead_ms": ("<", 1.0, "ms"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def count_log_errors(self) -> int:
-        """Error-level lines in the child's log (JSON logs or plain tracebacks)."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return 0
-        return sum(
-            1 for line in text.splitlines() if '"level":"error"' in line or line.startswith("ERROR")
-        )
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-class CpuPlan:
-    """Which CPU each part runs on: the gateway gets one to itself whenever there are two."""
-
-    def __init__(self) -> None:
-        try:
-            self.available = sorted(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux: no pinning
-            self.available = []
-
-    def cpus_for(self, role: str) -> set[int] | None:
-        cpus = self.available
-        if len(cpus) < 2:
-            return None
-        if role == "gateway":
-            return {cpus[0]}
-        others = cpus[1:]
-        return {others[("simulator", "loadgen", "redis").index(role) % len(others)]}
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            role: sorted(self.cpus_for(role) or []) or "unpinned"
-            for role in ("gateway", "simulator", "loadgen", "redis")
-        }
-
-
-def spawn(
-    name: str, cmd: Sequence[str], env: dict[str, str], cpus: set[int] | None, workdir: Path
-) -> Child:
-    log_path = workdir / f"{name}.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        list(cmd), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    log.close()
-    if cpus:
-        os.sched_setaffinity(process.pid, cpus)
-    return Child(name, process, log_path)
-
-
-def http_json(url: str, headers: dict[str, str] | None = None, body: Any = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers=headers or {})
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
-
-
-def wait_ready(
-    child: Child, url: str, headers: dict[str, str] | None = None, timeout: float = 30
-) -> Any:
-    """The JSON answer of `url` once `child` serves it; RuntimeError with its log if never."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if child.process.poll() is not None:
-            raise RuntimeError(f"{child.name} exited at start:\n{child.log_tail()}")
-        try:
-            return http_json(url, headers)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{child.name} not ready at {url}:\n{child.log_tail()}"
-                ) from None
-            time.sleep(0.1)
-
-
-def redis_version(binary: str) -> str:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
-    return out.split(" v=", 1)[1].split()[0] if " v=" in out else out.strip()
 
 
 def machine_info(plan: CpuPlan) -> dict[str, Any]:
@@ -211,14 +98,17 @@ def run_load(spec: dict[str, Any], plan: CpuPlan) -> dict[str, Any]:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-def chat_request(auth: str, *, unique: bool, stream: bool = False) -> dict[str, Any]:
+def chat_request(
+    auth: str, *, unique: bool, stream: bool = False, cacheable: bool = True
+) -> dict[str, Any]:
     content = (
         "Benchmark prompt __N__: explain caching." if unique else "Benchmark: explain caching."
     )
     body: dict[str, Any] = {
         "model": MODEL,
         "messages": [{"role": "user", "content": content}],
-        "temperature": 0,  # deterministic: the gateway looks up (and fills) its cache
+        # 0: deterministic, the gateway looks up (and fills) its cache; 0.7: it bypasses it
+        "temperature": 0 if cacheable else 0.7,
         "max_tokens": 16,
     }
     if stream:
@@ -236,104 +126,11 @@ def completion_request(auth: str) -> dict[str, Any]:
     return {"path": "/v1/completions", "headers": {"Authorization": auth}, "body": body}
 
 
-@contextlib.contextmanager
-def stack(args: argparse.Namespace, plan: CpuPlan, workdir: Path) -> Iterator[dict[str, Any]]:
-    """Simulator, optional redis-server and gateway, stopped whatever happens."""
-    children: list[Child] = []
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTOFF")}
-        sim_port = free_port()
-        sim = spawn(
-            "simulator",
-            [
-                PYTHON,
-                "-m",
-                "app.simulator",
-                "--port",
-                str(sim_port),
-                "--ttft-ms",
-                str(args.ttft_ms),
-                "--token-ms",
-                str(args.token_ms),
-            ],
-            env,
-            plan.cpus_for("simulator"),
-            workdir,
-        )
-        children.append(sim)
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        wait_ready(sim, sim_url + "/_simulator/stats")
-        info: dict[str, Any] = {"simulator": sim_url, "children": {"simulator": sim}}
-        if args.simulator_only:
-            yield info
-            return
-        redis_binary = shutil.which("redis-server")
-        redis_url = None
-        if redis_binary and not args.no_redis:
-            redis_port = free_port()
-            redis = spawn(
-                "redis",
-                [
-                    redis_binary,
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    str(redis_port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
-                env,
-                plan.cpus_for("redis"),
-                workdir,
-            )
-            children.append(redis)
-            info["children"]["redis"] = redis
-            redis_url = f"redis://127.0.0.1:{redis_port}/0"
-            info["redis"] = f"redis-server {redis_version(redis_binary)} at {redis_url}"
-            time.sleep(0.3)
-        else:
-            reason = "--no-redis given" if args.no_redis else "redis-server not found on PATH"
-            info["redis"] = f"in-process cache and limiter ({reason})"
-        gw_port = free_port()
-        config_path = workdir / "gateway.yaml"
-        config_path.write_text(
-            json.dumps(
-                {
-                    "server": {"host": "127.0.0.1", "port": gw_port},
-                    "upstream": {"url": sim_url},
-                    "redis": {"url": redis_url},
-                }
-            )
-        )
-        gw_env = {
-            **env,
-            "LIFTOFF_CONFIG": str(config_path),
-            "LIFTOFF_UPSTREAM_API_KEY": UPSTREAM_KEY,
-            "LIFTOFF_CLIENT_KEYS": json.dumps(CLIENT_KEYS),
-            "LIFTOFF_WORKERS": "1",
-            "LIFTOFF_LOG_LEVEL": args.log_level,
-        }
-        gateway = spawn("gateway", [PYTHON, "-m", "app"], gw_env, plan.cpus_for("gateway"), workdir)
-        children.append(gateway)
-        gw_url = f"http://127.0.0.1:{gw_port}"
-        wait_ready(gateway, gw_url + "/readyz")
-        info.update(gateway=gw_url, config=json.loads(config_path.read_text()))
-        info["children"]["gateway"] = gateway
-        yield info
-    finally:
-        for child in reversed(children):
-            child.stop()
-
-
 class Runner:
-    def __init__(self, args: argparse.Namespace, plan: CpuPlan, info: dict[str, Any]) -> None:
+    def __init__(self, args: argparse.Namespace, plan: CpuPlan, running: Stack) -> None:
         self.args = args
         self.plan = plan
-        self.info = info
+        self.running = running
         self.phases: dict[str, Any] = {}
         self.notes: list[str] = []
 
@@ -355,7 +152,7 @@ class Runner:
             "capture_header": "x-liftoff-cache",
             **load,
         }
-        children = self.info["children"]
+        children = self.running.children
         before = {k: c.cpu_seconds() for k, c in children.items()}
         started = time.perf_counter()
         result = run_load(spec, self.plan)
@@ -391,90 +188,103 @@ class Runner:
         return result
 
 
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 3) if numerator and denominator else None
+
+
+def saturation_note(phase: str, role: str, result: dict[str, Any]) -> str | None:
+    """A note when `role` used less than 0.9 of its core in a closed-loop phase."""
+    used = result["cpu_cores_used"].get(role, 0)
+    if used >= 0.9:
+        return None
+    return (
+        f"{phase}: the {role.replace('_', ' ')} used {used:.2f} of its core, so its req/s is "
+        "bounded by the load generator and simulator sharing the other core(s), or by other work "
+        "on the machine; CPU per request is the figure to compare"
+    )
+
+
 def run_benchmark(args: argparse.Namespace, runner: Runner) -> dict[str, Any]:
-    sim, gw = runner.info["simulator"], runner.info.get("gateway")
+    running = runner.running
+    sim, gw, bare = running.simulator, running.gateway, running.bare_proxy
     sim_auth = f"Bearer {UPSTREAM_KEY}"
     gw_auth = f"Bearer {CLIENT_KEY}"
     rate = args.rate
     figures: dict[str, Any] = {}
     notes = runner.notes
+    miss = chat_request(gw_auth, unique=True)
+    direct_miss = chat_request(sim_auth, unique=True)
+    stream = chat_request(gw_auth, unique=True, stream=True, cacheable=False)
+    direct_stream = chat_request(sim_auth, unique=True, stream=True, cacheable=False)
+    open_load = {"mode": "open", "rate": rate}
+    stream_load = {"mode": "open", "rate": args.stream_rate}
 
-    direct = runner.phase(
-        "direct_open_chat", sim, chat_request(sim_auth, unique=True), mode="open", rate=rate
-    )
-    runner.phase("direct_closed_chat", sim, chat_request(sim_auth, unique=True), mode="closed")
-    direct_stream = runner.phase(
-        "direct_open_stream",
-        sim,
-        chat_request(sim_auth, unique=True, stream=True),
-        mode="open",
-        rate=args.stream_rate,
-    )
+    # Each kind of load: direct, gateway, bare proxy back to back, so all three see the same
+    # machine; the ratios of one run are taken before any median.
+    direct_closed = runner.phase("direct_closed_chat", sim, direct_miss, mode="closed")
+    direct_open = runner.phase("direct_open_chat", sim, direct_miss, **open_load)
+    direct_streams = runner.phase("direct_open_stream", sim, direct_stream, **stream_load)
+    figures["direct_rps"] = direct_closed["rps"]
     if gw is None:
         notes.append("simulator only (--simulator-only): no gateway figures")
         return {"figures": figures, "notes": notes}
 
-    closed = runner.phase(
-        "gateway_closed_cache_miss",
-        gw,
-        chat_request(gw_auth, unique=True),
-        expect_cache="miss",
-        mode="closed",
-    )
-    figures["cache_miss_rps"] = closed["rps"]
-    gateway_cpu = closed["cpu_cores_used"].get("gateway", 0)
-    figures["cache_miss_gateway_cpu_cores"] = gateway_cpu
+    closed = runner.phase("gateway_closed_cache_miss", gw, miss, expect_cache="miss", mode="closed")
+    bare_closed = runner.phase("bare_proxy_closed_chat", bare, direct_miss, mode="closed")
     cpu_us = closed["cpu_us_per_request"].get("gateway")
+    bare_cpu_us = bare_closed["cpu_us_per_request"].get("bare_proxy")
+    sim_cpu_us = direct_closed["cpu_us_per_request"].get("simulator")
+    figures["cache_miss_rps"] = closed["rps"]
+    figures["cache_miss_gateway_cpu_cores"] = closed["cpu_cores_used"].get("gateway", 0)
     figures["cache_miss_gateway_cpu_us_per_request"] = cpu_us
     # What one dedicated core would sustain at that CPU cost per request.
     figures["cache_miss_rps_one_core_projected"] = round(1e6 / cpu_us) if cpu_us else None
-    if gateway_cpu < 0.9:
-        notes.append(
-            f"max cache-miss req/s: the gateway used {gateway_cpu:.2f} of its core, so the figure "
-            "is bounded by the load generator and simulator sharing the other core(s), not by the "
-            "gateway; a machine with more cores would show more"
-        )
+    figures["bare_proxy_rps"] = bare_closed["rps"]
+    figures["bare_proxy_cpu_us_per_request"] = bare_cpu_us
+    figures["direct_simulator_cpu_us_per_request"] = sim_cpu_us
+    figures["miss_rps_over_bare_proxy"] = ratio(closed["rps"], bare_closed["rps"])
+    figures["cpu_per_request_over_bare_proxy"] = ratio(cpu_us, bare_cpu_us)
+    figures["miss_rps_over_direct"] = ratio(closed["rps"], direct_closed["rps"])
+    figures["cpu_per_request_over_direct"] = ratio(cpu_us, sim_cpu_us)
+    for phase, role, result in (
+        ("gateway_closed_cache_miss", "gateway", closed),
+        ("bare_proxy_closed_chat", "bare_proxy", bare_closed),
+    ):
+        note = saturation_note(phase, role, result)
+        if note:
+            notes.append(note)
 
-    steady = runner.phase(
-        "gateway_open_cache_miss",
-        gw,
-        chat_request(gw_auth, unique=True),
-        expect_cache="miss",
-        mode="open",
-        rate=rate,
-    )
-    figures["added_latency_p50_ms"] = round(
-        steady["latency_ms"]["p50"] - direct["latency_ms"]["p50"], 3
-    )
-    figures["added_latency_p99_ms"] = round(
-        steady["latency_ms"]["p99"] - direct["latency_ms"]["p99"], 3
-    )
+    steady = runner.phase("gateway_open_cache_miss", gw, miss, expect_cache="miss", **open_load)
+    bare_steady = runner.phase("bare_proxy_open_chat", bare, direct_miss, **open_load)
+    for q in ("p50", "p99"):
+        direct_ms = direct_open["latency_ms"][q]
+        figures[f"added_latency_{q}_ms"] = round(steady["latency_ms"][q] - direct_ms, 3)
+        figures[f"bare_proxy_added_latency_{q}_ms"] = round(
+            bare_steady["latency_ms"][q] - direct_ms, 3
+        )
     figures["gateway_reported_overhead_ms"] = steady["numeric_header"]
 
     hit_request = chat_request(gw_auth, unique=False)
     http_json(gw + hit_request["path"], hit_request["headers"], hit_request["body"])  # prime
-    hits = runner.phase(
-        "gateway_open_cache_hit", gw, hit_request, expect_cache="hit", mode="open", rate=rate
-    )
+    hits = runner.phase("gateway_open_cache_hit", gw, hit_request, expect_cache="hit", **open_load)
     figures["cache_hit_p50_ms"] = hits["latency_ms"]["p50"]
     figures["cache_hit_p99_ms"] = hits["latency_ms"]["p99"]
 
-    gw_stream = runner.phase(
-        "gateway_open_stream",
-        gw,
-        chat_request(gw_auth, unique=True, stream=True),
-        expect_cache="miss",
-        mode="open",
-        rate=args.stream_rate,
+    gw_streams = runner.phase(
+        "gateway_open_stream", gw, stream, expect_cache="bypass", **stream_load
     )
-    figures["stream_ttft_direct_p50_ms"] = direct_stream["first_byte_ms"]["p50"]
-    figures["stream_ttft_gateway_p50_ms"] = gw_stream["first_byte_ms"]["p50"]
-    figures["stream_ttft_overhead_ms"] = round(
-        gw_stream["first_byte_ms"]["p50"] - direct_stream["first_byte_ms"]["p50"], 3
+    bare_streams = runner.phase("bare_proxy_open_stream", bare, direct_stream, **stream_load)
+    direct_ttft = direct_streams["first_byte_ms"]["p50"]
+    figures["stream_ttft_direct_p50_ms"] = direct_ttft
+    figures["stream_ttft_gateway_p50_ms"] = gw_streams["first_byte_ms"]["p50"]
+    figures["stream_ttft_bare_proxy_p50_ms"] = bare_streams["first_byte_ms"]["p50"]
+    figures["stream_ttft_overhead_ms"] = round(gw_streams["first_byte_ms"]["p50"] - direct_ttft, 3)
+    figures["bare_proxy_stream_ttft_overhead_ms"] = round(
+        bare_streams["first_byte_ms"]["p50"] - direct_ttft, 3
     )
 
     for name, load in (
-        ("gateway_open_batching", {"mode": "open", "rate": rate}),
+        ("gateway_open_batching", open_load),
         ("gateway_closed_batching", {"mode": "closed"}),
     ):
         before = http_json(sim + "/_simulator/stats")
@@ -494,10 +304,13 @@ def run_benchmark(args: argparse.Namespace, runner: Runner) -> dict[str, Any]:
         )
         if prompts < served:
             notes.append(f"{name}: simulator saw {prompts} prompts for {served} answered requests")
+    figures["gateway_rss_mib_after_start"] = running.gateway_rss_mib_after_start
+    figures["gateway_rss_mib_after_run"] = round(running.children["gateway"].rss_mib(), 1)
     return {"figures": figures, "notes": notes}
 
 
 def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric figure as the median over the runs; anything else as in the last run."""
     merged: dict[str, Any] = {}
     for key in runs[-1]:
         values = [run.get(key) for run in runs]
@@ -559,7 +372,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--log-level", default="INFO", help="gateway log level (INFO keeps the access log)"
     )
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs of every phase; figures are their medians"
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of every phase (gateway and bare proxy alternating); figures are their medians",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args(argv)
@@ -583,16 +399,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     notes: list[str] = []
     keep_logs = False
-    with stack(args, plan, workdir) as info:
+    with stack(
+        plan,
+        workdir,
+        ttft_ms=args.ttft_ms,
+        token_ms=args.token_ms,
+        gateway=not args.simulator_only,
+        use_redis=not args.no_redis,
+        log_level=args.log_level,
+    ) as running:
         for number in range(1, args.repeat + 1):
             if args.repeat > 1:
                 print(f"run {number} of {args.repeat}", flush=True)
-            runner = Runner(args, plan, info)
+            runner = Runner(args, plan, running)
             outcome = run_benchmark(args, runner)
             runs.append({"figures": outcome["figures"], "phases": runner.phases})
             prefix = f"run {number}: " if args.repeat > 1 else ""
             notes.extend(prefix + note for note in outcome["notes"])
-        gateway = info["children"].get("gateway")
+        gateway = running.children.get("gateway")
         if gateway is not None:
             errors = gateway.count_log_errors()
             if errors:
@@ -603,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     if not keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
-    # Several runs: each figure is the median of the runs, robust to one noisy run.
+    # Several runs: each figure (ratios included, taken within a run) is the median of the runs.
     figures = median_figures([run["figures"] for run in runs])
     load_1m = machine["loadavg_1m_5m_15m"][0]
     if load_1m > 0.5 * (machine["cpus_usable"] or 1):
@@ -613,6 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     results = {
         "generated_at": started.isoformat(timespec="seconds"),
+        "summary": (
+            f"python -m bench --repeat {args.repeat} on {machine['cpu_model'] or 'unknown CPU'} "
+            f"({machine['cpus_usable']} CPUs), {started:%Y-%m-%d %H:%M} UTC: figures are medians "
+            "of the runs, ratios taken within each run"
+        ),
         "machine": machine,
         "settings": {
             "duration_s": args.duration,
@@ -620,15 +449,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "connections": args.connections,
             "open_loop_rps": args.rate,
             "stream_rps": args.stream_rate,
+            "repeat": args.repeat,
             "simulator_ttft_ms": args.ttft_ms,
             "simulator_token_ms": args.token_ms,
             "gateway": {
                 "workers": 1,
                 "log_level": args.log_level,
-                "config": info.get("config"),
+                "config": running.config,
                 "features": "auth, limits, cache, accounting, metrics, batching (defaults.yaml)",
             },
-            "redis": info.get("redis", "not started (--simulator-only)"),
+            "bare_proxy": "bench/bare_proxy.py: uvicorn + one aiohttp pool, no features",
+            "redis": running.redis,
             "request": {"model": MODEL, "max_tokens": 16},
         },
         "figures": figures,

@@ -240,7 +240,11 @@ def _secret_values(run: ProgramRun, settings: StackSettings) -> tuple[list[str],
         for path in sorted(resource.secret_inputs):
             _take_secret(inputs, path, found)
         redacted[resource.urn] = inputs
-    for secret in (settings.llm_api_key, settings.client_keys):
+    for secret in (
+        settings.llm_api_key,
+        settings.client_keys,
+        *settings.provider_api_keys.values(),
+    ):
         if secret is not None:
             found.add(secret.get_secret_value())
     # Short strings ("true", "1") would scrub unrelated text; real secrets are long.

@@ -91,7 +91,26 @@ def load_settings_for(stack: str, overrides: Mapping[str, str]) -> StackSettings
     llm_key = config_key("llm_api_key")
     if llm_key in secure_keys(stack) | esc.supplied_config_keys(stack):
         with_secure.setdefault(llm_key, SECURE_PLACEHOLDER)
+    provider_names = secure_provider_keys(stack)
+    if provider_names:
+        with_secure.setdefault(
+            config_key("provider_api_keys"),
+            json.dumps({name: SECURE_PLACEHOLDER for name in provider_names}),
+        )
     return load_stack_file(stack, with_secure)
+
+
+def secure_provider_keys(stack: str) -> list[str]:
+    """Providers whose key the stack file holds as `secure:` ciphertext (`pulumi config set
+    --secret --path 'liftoff:providerApiKeys.<name>'`)."""
+    path = stack_file(stack)
+    if not path.exists():
+        return []
+    config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    keys = config.get(config_key("provider_api_keys"))
+    if not isinstance(keys, dict):
+        return []
+    return sorted(name for name, v in keys.items() if isinstance(v, dict) and "secure" in v)
 
 
 # --- machine -------------------------------------------------------------------------------

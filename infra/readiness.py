@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from infra import eks_versions
 from infra.certificate import serves_https
+from infra.provider_settings import first_takes_key, keyed_providers
 from infra.settings import StackSettings, config_key
 
 # RFC 5737 documentation ranges: never anybody's real egress address.
@@ -100,12 +101,27 @@ def open_eks_api_in_prod(settings: StackSettings, stack: str) -> Iterator[Blocke
 
 @blocker_check
 def provider_api_key(settings: StackSettings, stack: str) -> Iterator[Blocker]:
-    if settings.llm_api_key is None:
+    """The first provider's key (unless it is Bedrock), then each further keyed provider's."""
+    if settings.llm_api_key is None and first_takes_key(settings.providers):
         yield Blocker(
             config_key("llm_api_key"),
             "unset: the gateway pods would crash-loop without the provider's API key",
             config_set(stack, "llm_api_key", "<provider-api-key>", secret=True),
         )
+    for provider in keyed_providers(settings.providers):
+        if provider.name not in settings.provider_api_keys:
+            yield Blocker(
+                f"{config_key('provider_api_keys')}.{provider.name}",
+                f"unset: the gateway has no API key for provider {provider.name} "
+                f"({provider.kind}); its secret would stay empty",
+                config_set(
+                    stack,
+                    "provider_api_keys",
+                    "<provider-api-key>",
+                    secret=True,
+                    path=f".{provider.name}",
+                ),
+            )
 
 
 @blocker_check

@@ -62,7 +62,8 @@ def configuration_reference(stacks: Mapping[str, Mapping[str, object]]) -> str:
         type_text = re.sub(r"typing\.|<class '(\w+)'>", r"\1", str(info.annotation))
         type_text = re.sub(r"Literal\[[^\]]*\]", "enum", type_text)
         type_text = (
-            type_text.replace("pydantic.types.", "")
+            re.sub(r"infra\.\w+\.", "", type_text)
+            .replace("pydantic.types.", "")
             .replace("SecretStr", "secret str")
             .replace("|", "\\|")
         )

@@ -1,4 +1,5 @@
-"""Secrets: a customer-managed KMS key, the three gateway secrets, and the app's IRSA role.
+"""Secrets: a customer-managed KMS key, the gateway secrets (upstream key, Redis AUTH token,
+client keys, one key per further provider: infra/provider_settings.py), and the app's IRSA role.
 
 Secret values are sent with write-only inputs (`secret_string_wo`), so Pulumi state never holds
 them; bump `liftoff:secretsVersion` to push a changed value.
@@ -7,6 +8,7 @@ them; bump `liftoff:secretsVersion` to push a changed value.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -17,6 +19,13 @@ from infra import iam
 from infra.cluster import Cluster
 from infra.names import secret_name
 from infra.primitives import kms_key
+from infra.provider_settings import (
+    bedrock_regions,
+    bedrock_statement,
+    first_takes_key,
+    keyed_providers,
+    secret_slug,
+)
 from infra.settings import StackSettings
 from infra.tags import tags
 
@@ -39,6 +48,8 @@ class Secrets(pulumi.ComponentResource):
     redis_auth_token_arn: pulumi.Output[str]
     client_keys_arn: pulumi.Output[str]
     secret_arns: pulumi.Output[dict[str, str]]
+    # Provider name -> ARN of its key, for the providers after the first that take one.
+    provider_secret_arns: pulumi.Output[dict[str, str]]
     app_role_arn: pulumi.Output[str]
 
     def __init__(
@@ -87,8 +98,7 @@ class Secrets(pulumi.ComponentResource):
             pulumi.Output.secret(s.llm_api_key.get_secret_value()) if s.llm_api_key else None
         )
 
-        secrets = {}
-        for slug, value, version, description in (
+        wanted: list[tuple[str, pulumi.Input[str] | None, int, str]] = [
             ("upstream-api-key", upstream_key, s.secrets_version, "Upstream LLM API key"),
             (
                 "redis-auth-token",
@@ -97,7 +107,24 @@ class Secrets(pulumi.ComponentResource):
                 "ElastiCache AUTH token",
             ),
             ("client-keys", client_keys, s.secrets_version, "Gateway client keys (JSON list)"),
-        ):
+        ]
+        # A first provider on Bedrock signs with the pod's role: no upstream key to hold.
+        if not first_takes_key(s.providers):
+            wanted.pop(0)
+        provider_keys = {p.name: secret_slug(p.name) for p in keyed_providers(s.providers)}
+        for provider, slug in provider_keys.items():
+            key_value = s.provider_api_keys.get(provider)
+            wanted.append(
+                (
+                    slug,
+                    pulumi.Output.secret(key_value.get_secret_value()) if key_value else None,
+                    s.secrets_version,
+                    f"API key of upstream provider {provider}",
+                )
+            )
+
+        secrets = {}
+        for slug, value, version, description in wanted:
             secret = aws.secretsmanager.Secret(
                 f"{name}-{slug}",
                 name=secret_name(s.prefix, slug),
@@ -117,24 +144,35 @@ class Secrets(pulumi.ComponentResource):
                 )
             secrets[slug] = secret
 
-        self.upstream_api_key_arn = secrets["upstream-api-key"].arn
+        upstream = secrets.get("upstream-api-key")
+        # "": the chart then sets no LIFTOFF_UPSTREAM_API_KEY_SECRET_ARN.
+        self.upstream_api_key_arn = upstream.arn if upstream else pulumi.Output.from_input("")
         self.redis_auth_token_arn = secrets["redis-auth-token"].arn
         self.client_keys_arn = secrets["client-keys"].arn
         self.secret_arns = pulumi.Output.all(
-            upstreamApiKey=self.upstream_api_key_arn,
+            **({"upstreamApiKey": upstream.arn} if upstream else {}),
             redisAuthToken=self.redis_auth_token_arn,
             clientKeys=self.client_keys_arn,
         )
+        self.provider_secret_arns = pulumi.Output.from_input(
+            {provider: secrets[slug].arn for provider, slug in provider_keys.items()}
+        )
 
+        regions = bedrock_regions(s.providers)
         policy = pulumi.Output.all([sec.arn for sec in secrets.values()], key.arn).apply(
-            lambda a: app_secrets_policy(a[0], a[1], s.region)
+            lambda a: app_secrets_policy(a[0], a[1], s.region, regions)
         )
         role = args.cluster.service_account_role(
             f"{name}-app", APP_NAMESPACE, APP_SERVICE_ACCOUNT, policy
         )
         self.app_role_arn = role.arn
         self.register_outputs(
-            {"secretArns": self.secret_arns, "appRoleArn": role.arn, "keyArn": key.arn}
+            {
+                "secretArns": self.secret_arns,
+                "providerSecretArns": self.provider_secret_arns,
+                "appRoleArn": role.arn,
+                "keyArn": key.arn,
+            }
         )
 
 
@@ -146,8 +184,12 @@ def secret_recovery_window_days(settings: StackSettings) -> int:
     return settings.recovery_window_days if settings.is_prod else 0
 
 
-def app_secrets_policy(secret_arns: list[str], key_arn: str, region: str) -> str:
-    """Read exactly these secrets, decrypt with exactly this key and only via Secrets Manager."""
+def app_secrets_policy(
+    secret_arns: list[str], key_arn: str, region: str, bedrock_regions: Sequence[str] = ()
+) -> str:
+    """Read exactly these secrets, decrypt with exactly this key and only via Secrets Manager;
+    invoke the foundation models of the Bedrock providers' regions, if any."""
+    bedrock = [bedrock_statement(bedrock_regions)] if bedrock_regions else []
     return iam.policy_document(
         {"Effect": "Allow", "Action": SECRET_READ_ACTIONS, "Resource": sorted(secret_arns)},
         {
@@ -158,4 +200,5 @@ def app_secrets_policy(secret_arns: list[str], key_arn: str, region: str) -> str
                 "StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}
             },
         },
+        *bedrock,
     )

@@ -28,6 +28,7 @@ from infra.settings_checks import (
     INSTANCE_TYPE_RE,
     TAG_KEY_RE,
     cross_field_problems,
+    field_problems,
     field_value_ok,
 )
 from infra.settings_model import (
@@ -172,7 +173,10 @@ def load_settings(config: Mapping[str, object], stack: str) -> StackSettings:
         except ValidationError:
             ok = False
         if not ok:
-            problems.append(f"{key} = {shown_value(key, value)}: {allowed_text(field)}")
+            problems.extend(
+                field_problems(field, _coerce_raw(field, value))
+                or [f"{key} = {shown_value(key, value)}: {allowed_text(field)}"]
+            )
             continue
         valid[field] = typed
     problems.extend(cross_field_problems({**_defaults(), **valid}, raw, stack))
@@ -199,11 +203,14 @@ def read_stack_config(stack: str) -> dict[str, object]:
         raise SettingsError([f"stack = {stack}: no {path.name}; known stacks: {', '.join(known)}"])
     document = yaml.safe_load(path.read_text()) or {}
     config = document.get("config") or {}
-    return {
-        key: value
-        for key, value in config.items()
-        if not (isinstance(value, dict) and "secure" in value)
-    }
+    return {key: value for key, value in config.items() if not _holds_secure(value)}
+
+
+def _holds_secure(value: object) -> bool:
+    """A `secure:` ciphertext, or a map holding one (`pulumi config set --secret --path`)."""
+    if isinstance(value, dict):
+        return "secure" in value or any(_holds_secure(v) for v in value.values())
+    return False
 
 
 def load_stack_file(stack: str, overrides: Mapping[str, str] | None = None) -> StackSettings:

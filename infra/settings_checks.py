@@ -16,9 +16,10 @@ from typing import Any
 from infra import aws_limits, eks_versions
 from infra.capacity_checks import node_problems
 from infra.certificate import certificate_problems, is_dns_name
+from infra.provider_settings import provider_key_problems, provider_problems
 from infra.quantities import CPU_RE, MEMORY_RE, cpu_cores, memory_bytes
 from infra.quotas import quota_problems
-from infra.settings_model import LOG_RETENTION_DAYS, config_key, shown_value
+from infra.settings_model import LOG_RETENTION_DAYS, PROJECT, config_key, shown_value
 
 INSTANCE_TYPE_RE = (
     r"^[a-z]+[0-9]+[a-z0-9-]*\.(nano|micro|small|medium|large|xlarge|[1-9][0-9]*xlarge|metal)$"
@@ -136,7 +137,27 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "client_keys": lambda v: _valid_client_keys(v.get_secret_value()),
     "cluster_admins": lambda v: all(re.match(IAM_PRINCIPAL_ARN_RE, a) for a in v),
     "cluster_viewers": lambda v: all(re.match(IAM_PRINCIPAL_ARN_RE, a) for a in v),
+    # The gateway appends /v1/... to the base URL.
+    "upstream_url": lambda v: not v.rstrip("/").endswith("/v1"),
+    "providers": lambda v: not provider_problems([p.model_dump(by_alias=True) for p in v]),
 }
+
+
+def field_problems(name: str, raw: Any) -> list[str]:
+    """`key = value: allowed` lines naming the part of a structured value that failed (a
+    provider's url, say); empty when the field's one `allowed` phrase says it best."""
+    if name != "providers":
+        return []
+    return [
+        f"{PROJECT}:{key} = {_shown_part(value)}: {allowed}"
+        for key, value, allowed in provider_problems(raw)
+    ]
+
+
+def _shown_part(value: object) -> str:
+    if value is None:
+        return "unset"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def field_value_ok(name: str, value: Any) -> bool:
@@ -230,6 +251,14 @@ def cross_field_problems(v: dict[str, Any], raw: dict[str, Any], stack: str) -> 
         fail("kubernetes_version", version_problem)
     for field, allowed in [*certificate_problems(v), *quota_problems(v), *node_problems(v)]:
         fail(field, allowed)
+    # Providers: keys no provider takes; liftoff:upstreamUrl beside a list that has its own urls.
+    if v.get("providers") is not None:
+        for field, allowed in provider_key_problems(
+            v["providers"], list(v.get("provider_api_keys") or {}), v.get("llm_api_key") is not None
+        ):
+            fail(field, allowed)
+        if v["providers"] and "upstream_url" in raw:
+            fail("upstream_url", "unset while liftoff:providers is set (each provider has its url)")
     for field, allowed in aws_limits.problems(v, raw, stack):
         if field == "stack":
             problems.append(f"stack = {stack}: {allowed}")

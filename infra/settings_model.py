@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 from infra.cache_engines import versions_allowed_text
 from infra.eks_versions import DEFAULT_KUBERNETES_VERSION
 from infra.names import resource_prefix
+from infra.provider_settings import PROVIDER_KEYS_ALLOWED, PROVIDERS_ALLOWED, ProviderSettings
 
 PROJECT = "liftoff"
 ENVIRONMENTS = ("dev", "staging", "prod")
@@ -34,7 +35,7 @@ NAME_RE = r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$"
 IMAGE_RE = r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[\w.-]+)?(@sha256:[0-9a-f]{64})?$"
 
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400)
-SECRET_KEYS = ("liftoff:llmApiKey", "liftoff:clientKeys")
+SECRET_KEYS = ("liftoff:llmApiKey", "liftoff:clientKeys", "liftoff:providerApiKeys")
 CLUSTER_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
 
 
@@ -404,11 +405,29 @@ class StackSettings(BaseModel):
         alias="maxBodyBytes",
     )
     upstream_url: str = _setting(
-        "https://api.openai.com/v1",
-        "an https:// URL",
-        "OpenAI-compatible upstream base URL the gateway forwards to.",
+        "https://api.openai.com",
+        "an https:// base URL without /v1 (the gateway appends /v1/...)",
+        "OpenAI-compatible upstream base URL the gateway forwards to (unset when "
+        "liftoff:providers lists them).",
         alias="upstreamUrl",
         pattern=r"^https://[^\s]+$",
+    )
+    providers: list[ProviderSettings] = _setting(
+        [],
+        PROVIDERS_ALLOWED,
+        "Named upstream providers (infra/provider_settings.py); each serves the catalog models it "
+        "lists in `models` (rendered as models.catalog.<model>.provider), the first every other "
+        "one. Keys: the first's is "
+        "liftoff:llmApiKey, the others' liftoff:providerApiKeys; bedrock uses the pod's IAM role "
+        "(bedrock:InvokeModel* on that region's foundation models). Empty: one provider from "
+        "liftoff:upstreamUrl.",
+    )
+    provider_api_keys: dict[str, SecretStr] = _setting(
+        {},
+        PROVIDER_KEYS_ALLOWED,
+        "API keys of the providers after the first; each stored in its own Secrets Manager "
+        "secret. Secret.",
+        alias="providerApiKeys",
     )
     default_rpm: int = _setting(
         600, "an integer >= 1", "Default requests per minute per client key.", alias="defaultRpm"
@@ -425,7 +444,8 @@ class StackSettings(BaseModel):
     llm_api_key: SecretStr | None = _setting(
         None,
         "a string (set with `pulumi config set --secret`)",
-        "Upstream LLM API key; stored in Secrets Manager. Secret.",
+        "Upstream LLM API key (of the first of liftoff:providers when set); stored in Secrets "
+        "Manager. Secret.",
         alias="llmApiKey",
     )
     client_keys: SecretStr | None = _setting(
@@ -437,8 +457,9 @@ class StackSettings(BaseModel):
     secrets_version: int = _setting(
         1,
         "an integer >= 1",
-        "Bump after changing llmApiKey or clientKeys: secret values are sent write-only (kept "
-        "out of Pulumi state), so a new version is what makes Pulumi send them again.",
+        "Bump after changing llmApiKey, providerApiKeys or clientKeys: secret values are sent "
+        "write-only (kept out of Pulumi state), so a new version is what makes Pulumi send them "
+        "again.",
         alias="secretsVersion",
     )
     # --- cost and alerts -----------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pulumi
 
@@ -87,7 +88,7 @@ def build(settings: StackSettings) -> dict[str, object]:
     )
     image_ref = image_reference(s)
 
-    def refs(values: dict[str, str]) -> WorkloadRefs:
+    def refs(values: dict[str, Any]) -> WorkloadRefs:
         repository, tag, digest = split_image_ref(values["image_ref"])
         return WorkloadRefs(
             image_repository=repository,
@@ -102,6 +103,7 @@ def build(settings: StackSettings) -> dict[str, object]:
             service_account_role_arn=values["service_account_role_arn"],
             vpc_cidr=s.vpc_cidr,
             region=s.region,
+            provider_api_key_secret_arns=dict(values["provider_api_key_secret_arns"]),
         )
 
     # By name, not position: seven strings in a row are easy to swap unnoticed.
@@ -111,6 +113,7 @@ def build(settings: StackSettings) -> dict[str, object]:
         upstream_api_key_secret_arn=secrets.upstream_api_key_arn,
         redis_auth_token_secret_arn=secrets.redis_auth_token_arn,
         client_keys_secret_arn=secrets.client_keys_arn,
+        provider_api_key_secret_arns=secrets.provider_secret_arns,
         target_group_arn=lb.target_group_arn,
         service_account_role_arn=secrets.app_role_arn,
     ).apply(refs)
@@ -133,6 +136,7 @@ def build(settings: StackSettings) -> dict[str, object]:
         "kubeconfig": cluster.kubeconfig,
         "cacheEndpoint": cache.primary_endpoint,
         "secretArns": secrets.secret_arns,
+        "providerSecretArns": secrets.provider_secret_arns,
         "budgetName": observability.budget_name,
         "alertTopicArn": observability.topic_arn,
         # Identifiers `python -m infra.verify` looks the live resources up by.

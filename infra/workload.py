@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -13,6 +13,12 @@ import pulumi_kubernetes as k8s
 from infra.cache import CACHE_PORT
 from infra.cluster import Cluster
 from infra.loadbalancer import APP_PORT
+from infra.provider_settings import (
+    catalog_providers,
+    first_takes_key,
+    keyed_providers,
+    secret_slug,
+)
 from infra.secrets import APP_NAMESPACE, APP_SERVICE_ACCOUNT
 from infra.settings import REPO_ROOT, StackSettings
 from infra.timings import ShutdownTimings
@@ -40,6 +46,8 @@ class WorkloadRefs:
     service_account_role_arn: str
     vpc_cidr: str
     region: str
+    # Provider name -> its key's secret ARN (the providers after the first that take a key).
+    provider_api_key_secret_arns: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def placeholder(cls, settings: StackSettings) -> WorkloadRefs:
@@ -52,13 +60,19 @@ class WorkloadRefs:
             image_digest="sha256:" + "0" * 64,
             cache_host=f"master.{prefix}-cache.abc123.use1.cache.amazonaws.com",
             cache_port=CACHE_PORT,
-            upstream_api_key_secret_arn=f"{secret}/upstream-api-key-AbCdEf",
+            upstream_api_key_secret_arn=(
+                f"{secret}/upstream-api-key-AbCdEf" if first_takes_key(settings.providers) else ""
+            ),
             redis_auth_token_secret_arn=f"{secret}/redis-auth-token-AbCdEf",
             client_keys_secret_arn=f"{secret}/client-keys-AbCdEf",
             target_group_arn=f"arn:aws:elasticloadbalancing:{region}:{account}:targetgroup/{prefix}-gateway/0123456789abcdef",
             service_account_role_arn=f"arn:aws:iam::{account}:role/{prefix}-{APP_SERVICE_ACCOUNT}",
             vpc_cidr=settings.vpc_cidr,
             region=region,
+            provider_api_key_secret_arns={
+                p.name: f"{secret}/{secret_slug(p.name)}-AbCdEf"
+                for p in keyed_providers(settings.providers)
+            },
         )
 
 
@@ -87,8 +101,9 @@ def gateway_config(settings: StackSettings, timings: ShutdownTimings) -> dict[st
             # The WAF (infra/waf.py) lets through every body up to this same limit.
             "max_body_bytes": settings.max_body_bytes,
         },
+        # With liftoff:providers the chart renders them as upstream.providers (each has its url).
         "upstream": {
-            "url": settings.upstream_url,
+            **({} if settings.providers else {"url": settings.upstream_url}),
             "timeout_read_s": settings.longest_stream_seconds,
         },
         "limits": {
@@ -97,6 +112,12 @@ def gateway_config(settings: StackSettings, timings: ShutdownTimings) -> dict[st
             "on_redis_failure": "local",
         },
         "budgets": {"global_monthly_usd": settings.gateway_monthly_budget_usd},
+        # Merged over the image's catalog: only which provider serves each listed model.
+        **(
+            {"models": {"catalog": catalog_providers(settings.providers)}}
+            if any(p.models for p in settings.providers)
+            else {}
+        ),
     }
 
 
@@ -164,7 +185,9 @@ def gateway_values(settings: StackSettings, refs: WorkloadRefs) -> dict[str, Any
             "upstreamApiKeyArn": refs.upstream_api_key_secret_arn,
             "redisAuthTokenArn": refs.redis_auth_token_secret_arn,
             "clientKeysArn": refs.client_keys_secret_arn,
+            "providerApiKeyArns": dict(refs.provider_api_key_secret_arns),
         },
+        "providers": [p.gateway_entry() for p in s.providers],
         "aws": {"region": refs.region},
         "topologySpread": {"enabled": True, "maxSkew": 1},
         # Prometheus Operator objects and Grafana dashboards (kube-prometheus-stack).

@@ -1,5 +1,5 @@
 -- Giving back a reservation, shared by settle.lua and release.lua: app/limits.py prepends this
--- file to both when it registers them (Redis scripts cannot load one another).
+-- file (after bucket.lua) to both when it registers them.
 
 -- Take `usd` (a decimal string) off the key's reserved dollars and off the reserved total.
 -- Never below zero: Redis may have restarted empty since the reservation was made.
@@ -12,16 +12,46 @@ local function unreserve(reserved_hash, reserved_total, key_id, usd)
   end
 end
 
--- Move the key's token arrival time by `shift` seconds (negative: tokens given back); the key
--- expires when the bucket is full again.
-local function shift_token_arrival(tat_key, shift)
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-  local tat = math.max(tonumber(redis.call('GET', tat_key) or '0'), now) + shift
-  if tat > now then
-    redis.call('SET', tat_key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1)
-  else
-    redis.call('DEL', tat_key)
+-- gcra.still_held: units of the marked reservation the bucket (at live `level`) surely holds.
+local function still_held(state, level, now, refill, mark)
+  if not state or state[3] ~= mark[1] or level == 0 then
+    return 0
   end
+  local ending = drain(mark[3], now - mark[2], refill) - (state[4] - mark[4]) * PERIOD_US
+  return idiv(math.max(0, math.min(ending, level)), PERIOD_US)
 end
 
+-- gcra.settled_state: `reserved` tokens of which `used` were used. Unused ones go back, at most
+-- as many as the bucket still holds of the reservation; more used than reserved are added now.
+-- ARGV from `first`: refill (0: nothing to do), reserved, used, the mark's birth (-1: none),
+-- at, level, refunded, then now us ('' = server time).
+local function settle_tokens(key, first)
+  local refill = tonumber(ARGV[first])
+  if refill == 0 then
+    return
+  end
+  local reserved, used = tonumber(ARGV[first + 1]), tonumber(ARGV[first + 2])
+  local mark = {}
+  for i = 3, 6 do
+    mark[i - 2] = tonumber(ARGV[first + i])
+  end
+  local now = clock_us(ARGV[first + 7])
+  local state = load_bucket(key)
+  local level = live_level(state, now, refill)
+  if used > reserved then
+    save_bucket(key, filled(state, level, now, used - reserved), refill)
+    return
+  end
+  local give = 0
+  if mark[1] >= 0 then
+    give = math.min(reserved - used, still_held(state, level, now, refill, mark))
+  end
+  if not state or level - give * PERIOD_US <= 0 then
+    save_bucket(key, nil, refill)
+    return
+  end
+  state[1] = now
+  state[2] = level - give * PERIOD_US
+  state[4] = state[4] + give
+  save_bucket(key, state, refill)
+end

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from botocore.exceptions import ClientError
 
+from infra.provider_settings import keyed_providers
 from infra.readiness import config_set
 from infra.settings import config_key
 from infra.verify.checks import (
@@ -33,6 +36,35 @@ def _no_version_fix(target: Target, slug: str) -> str:
     return target.pulumi_up
 
 
+def _provider_key_fix(target: Target, provider: str) -> str:
+    command = config_set(
+        target.stack, "provider_api_keys", "<key>", secret=True, path=f".{provider}"
+    )
+    return f"{command}, bump {config_key('secrets_version')}, then {target.pulumi_up}"
+
+
+def _one_secret(manager: Any, target: Target, arn: str, key_arn: str, fix: str) -> list[Check]:
+    """The secret exists (not scheduled for deletion), uses the stack's key, has a value."""
+    resource = f"secret {arn.split(':')[-1]}"
+    try:
+        secret = manager.describe_secret(SecretId=arn)
+    except ClientError as exc:
+        return [api_failure(target, resource, "exists", "present", exc)]
+    deleted = secret.get("DeletedDate")
+    current = any("AWSCURRENT" in s for s in secret.get("VersionIdsToStages", {}).values())
+    return [
+        compare(
+            resource,
+            "exists",
+            "present",
+            f"scheduled for deletion on {deleted:%Y-%m-%d}" if deleted else "present",
+            f"aws secretsmanager restore-secret --secret-id {arn}",
+        ),
+        compare_key(resource, "KMS key", key_arn, secret.get("KmsKeyId"), target.pulumi_up),
+        compare(resource, "current version", True, current, fix),
+    ]
+
+
 def secret_checks(target: Target) -> list[Check]:
     try:
         arns: dict[str, str] = dict(target.output("secretArns"))
@@ -42,35 +74,34 @@ def secret_checks(target: Target) -> list[Check]:
     manager = target.client("secretsmanager")
     checks: list[Check] = []
     for slug, arn in sorted(arns.items()):
-        resource = f"secret {arn.split(':')[-1]}"
-        try:
-            secret = manager.describe_secret(SecretId=arn)
-        except ClientError as exc:
-            checks.append(api_failure(target, resource, "exists", "present", exc))
+        checks.extend(_one_secret(manager, target, arn, key_arn, _no_version_fix(target, slug)))
+    return checks + provider_secret_checks(target, manager, key_arn)
+
+
+def provider_secret_checks(target: Target, manager: Any, key_arn: str) -> list[Check]:
+    """The key secret of each provider after the first that takes one (liftoff:providers)."""
+    wanted = [p.name for p in keyed_providers(target.settings.providers)]
+    if not wanted:
+        return []
+    try:
+        arns: dict[str, str] = dict(target.output("providerSecretArns"))
+    except MissingOutput as missing:
+        return [missing_output(target, "provider secrets", str(missing))]
+    checks: list[Check] = []
+    for provider in wanted:
+        fix = _provider_key_fix(target, provider)
+        if provider not in arns:
+            checks.append(
+                compare(
+                    f"secret of provider {provider}",
+                    "in stack outputs",
+                    "present",
+                    "absent",
+                    target.pulumi_up,
+                )
+            )
             continue
-        deleted = secret.get("DeletedDate")
-        checks.append(
-            compare(
-                resource,
-                "exists",
-                "present",
-                f"scheduled for deletion on {deleted:%Y-%m-%d}" if deleted else "present",
-                f"aws secretsmanager restore-secret --secret-id {arn}",
-            )
-        )
-        checks.append(
-            compare_key(resource, "KMS key", key_arn, secret.get("KmsKeyId"), target.pulumi_up)
-        )
-        current = any("AWSCURRENT" in s for s in secret.get("VersionIdsToStages", {}).values())
-        checks.append(
-            compare(
-                resource,
-                "current version",
-                True,
-                current,
-                _no_version_fix(target, slug),
-            )
-        )
+        checks.extend(_one_secret(manager, target, arns[provider], key_arn, fix))
     return checks
 
 

@@ -145,8 +145,13 @@ async def running(
 def app_processes(count: int, env: Mapping[str, str]) -> Iterator[list[str]]:
     """`count` `python -m app` processes, each on its own free port with `env` over this
     environment minus its LIFTOFF_* variables; yields their /v1 URLs once all are ready. A process
-    that exits, or is not ready within 30 s, fails the test with its log."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("LIFTOFF")} | dict(env)
+    that exits, or is not ready within 30 s, fails the test with its log. No load balancer
+    watches them, so they drain at SIGTERM unless `env` sets server.shutdown_delay_s."""
+    base = (
+        {k: v for k, v in os.environ.items() if not k.startswith("LIFTOFF")}
+        | {"LIFTOFF__SERVER__SHUTDOWN_DELAY_S": "0"}
+        | dict(env)
+    )
     ports = [free_port() for _ in range(count)]
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:

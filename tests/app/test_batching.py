@@ -13,7 +13,7 @@ from openai.types import Completion
 
 from app.batching import BatchSplitError, CompletionBatcher, apportion, canonical_params
 from app.simulator import SimulatorServer
-from app.simulator_text import count_tokens
+from app.simulator.text import count_tokens
 
 MODEL = "gpt-3.5-turbo-instruct"
 

@@ -244,7 +244,10 @@ def provider() -> Iterator[RecordingProvider]:
 
 @pytest.fixture(scope="module")
 def gateway_url(provider: RecordingProvider) -> Iterator[str]:
-    env = {"LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY, "LIFTOFF_CLIENT_KEYS": client_keys_json()}
+    env = {
+        "LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY,
+        "LIFTOFF_CLIENT_KEYS": client_keys_json(alice={"rpm": 100_000, "tpm": 100_000_000}),
+    }
     with served(create_app(make_config(provider.url), env)) as url:
         yield url
 

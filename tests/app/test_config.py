@@ -123,3 +123,117 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(str(scalar), env={})
+
+
+# --- upstream.providers -------------------------------------------------------------------------
+
+AZURE = {"name": "azure", "kind": "azure", "url": "https://liftoff.openai.azure.com"}
+
+
+def _providers_file(tmp_path, providers, catalog=None):
+    import yaml
+
+    tree = {"upstream": {"providers": providers}, "models": {"catalog": catalog or {}}}
+    path = tmp_path / "providers.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return str(path)
+
+
+def test_providers_are_read_with_their_models(tmp_path):
+    path = _providers_file(
+        tmp_path,
+        [
+            {"name": "openai", "url": "https://api.openai.com"},
+            {**AZURE, "api_version": "v1", "deployments": {"gpt-4o-2024-08-06": "gpt4o-eu"}},
+        ],
+        {"gpt-4o-2024-08-06": {"provider": "azure"}},
+    )
+    config = load_config(path, env={})
+    assert config.upstream.provider_names == ("openai", "azure")
+    assert config.upstream.providers[1].deployments == {"gpt-4o-2024-08-06": "gpt4o-eu"}
+    assert not config.uses_simulator
+    names = config.upstream.provider_names
+    assert config.models.provider_of("gpt-4o-2024-08-06", names) == "azure"
+    assert config.models.provider_of("gpt-4o-mini-2024-07-18", names) == "openai"  # the first
+    assert config.models.provider_of("omni-moderation-latest", names) == "openai"
+
+
+@pytest.mark.parametrize(
+    ("providers", "catalog", "expected"),
+    [
+        (
+            [{"name": "openai", "url": "https://api.openai.com"}],
+            {"gpt-4o-2024-08-06": {"provider": "azure"}},
+            "models.catalog.gpt-4o-2024-08-06.provider = 'azure': not a provider in "
+            "upstream.providers (known: ['openai'])",
+        ),
+        (
+            [{"name": "a", "url": "https://a.example"}, {"name": "a", "url": "https://b.example"}],
+            None,
+            "upstream.providers: provider names must be unique: ['a'] appear more than once",
+        ),
+        ([AZURE], None, "upstream.providers.0: api_version: required for kind azure"),
+        (
+            [{**AZURE, "api_version": "latest"}],
+            None,
+            "upstream.providers.0: api_version: 'latest' is not 'v1' or a dated version",
+        ),
+        (
+            [{**AZURE, "api_version": "2024-10-21", "deployments": {"gpt-9": "x"}}],
+            None,
+            "upstream.providers.0.deployments.gpt-9: 'gpt-9' is not a catalog model",
+        ),
+        (
+            [
+                {"name": "openai", "url": "https://api.openai.com"},
+                {**AZURE, "api_version": "2024-10-21", "deployments": {"gpt-4o-2024-08-06": "x"}},
+            ],
+            None,
+            "upstream.providers.1.deployments.gpt-4o-2024-08-06: 'gpt-4o-2024-08-06' is served "
+            "by provider 'openai', not 'azure'",
+        ),
+        (
+            [{"name": "openai", "url": "https://api.openai.com", "auth": "entra"}],
+            None,
+            "upstream.providers.0: auth: entra: only for kind azure (this provider is openai)",
+        ),
+        (
+            [{"name": "openai", "url": "https://api.openai.com", "api_version": "2024-10-21"}],
+            None,
+            "upstream.providers.0: api_version: only for kind azure",
+        ),
+        (
+            [{"name": "openai", "url": "api.openai.com"}],
+            None,
+            "upstream.providers.0.url: must be an http(s) URL",
+        ),
+        (
+            [{"name": "Azure_East", "url": "https://x.example"}],
+            None,
+            "upstream.providers.0.name = 'Azure_East': String should match pattern",
+        ),
+        ([{"name": "openai"}], None, "upstream.providers.0.url: required setting is missing"),
+        (
+            [{"name": "claude", "kind": "anthropic", "url": "https://x.example"}],
+            None,
+            "upstream.providers.0.kind = 'anthropic': Input should be 'openai', 'azure' or "
+            "'bedrock'",
+        ),
+    ],
+)
+def test_provider_errors_name_the_setting(tmp_path, providers, catalog, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(_providers_file(tmp_path, providers, catalog), env={})
+    assert expected in str(err.value)
+
+
+def test_provider_urls_are_never_echoed_and_url_with_providers_is_refused(tmp_path):
+    secret_url = "https://user:hunter2@x.openai.azure.com"
+    with pytest.raises(ConfigError) as err:
+        load_config(_providers_file(tmp_path, [{**AZURE, "url": secret_url}]), env={})
+    assert "must not contain credentials" in str(err.value)
+    assert "hunter2" not in str(err.value)
+    path = _providers_file(tmp_path, [{"name": "openai", "url": "https://api.openai.com"}])
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={"LIFTOFF_UPSTREAM_URL": "https://api.openai.com"})
+    assert "set upstream.url (one provider) or upstream.providers" in str(err.value)

@@ -15,6 +15,7 @@ from app.accounting import month_key
 from app.limits import (
     MONTH_RETENTION_S,
     Admission,
+    BurstFractions,
     KeyPolicy,
     LimitStore,
     MemoryLimitStore,
@@ -24,6 +25,8 @@ from app.limits import (
 )
 from app.redis_backend import BackendHealth, BackendUnavailable, create_redis
 
+# The whole limit at once (then one a minute): for tests that count one burst exactly.
+WHOLE_LIMIT = BurstFractions(1.0, 1.0)
 MID_NOVEMBER = calendar.timegm((2026, 11, 15, 12, 0, 0))
 END_OF_NOVEMBER = calendar.timegm((2026, 11, 30, 23, 59, 59))
 
@@ -105,8 +108,9 @@ def test_reset_durations_use_openai_format(value: float, text: str) -> None:
     ("kwargs", "message"),
     [
         ({"key_id": ""}, "key_id"),
-        ({"key_id": "a", "rpm": 0}, "rpm must be an integer >= 1"),
-        ({"key_id": "a", "tpm": 1.5}, "tpm must be an integer >= 1"),
+        ({"key_id": "a", "rpm": 0}, r"rpm must be an integer in \[1, 100000000\]"),
+        ({"key_id": "a", "tpm": 1.5}, r"tpm must be an integer in \[1, 100000000\]"),
+        ({"key_id": "a", "tpm": 100_000_001}, r"tpm must be an integer in \[1, 100000000\]"),
         ({"key_id": "a", "monthly_budget_usd": -1.0}, "monthly_budget_usd"),
     ],
 )
@@ -130,7 +134,8 @@ async def test_admit_rejects_bad_arguments() -> None:
 
 
 async def test_requests_per_minute_exact_at_the_boundary(store: LimitStore) -> None:
-    policy = KeyPolicy("k", rpm=5)
+    # 50 rpm with the default burst fraction 0.1: 5 at once, refilling 50 + 1 - 5 = 46 a minute.
+    policy = KeyPolicy("k", rpm=50)
     results = [await admit(store, policy) for _ in range(6)]
     assert [a.allowed for a in results] == [True] * 5 + [False]
     assert [a.headers["x-ratelimit-remaining-requests"] for a in results] == [
@@ -141,42 +146,47 @@ async def test_requests_per_minute_exact_at_the_boundary(store: LimitStore) -> N
         "0",
         "0",
     ]
-    assert all(a.headers["x-ratelimit-limit-requests"] == "5" for a in results)
-    # Each admitted request adds one emission interval (12 s) until the bucket is full again.
+    assert all(a.headers["x-ratelimit-limit-requests"] == "50" for a in results)
+    # Each admitted request adds one emission interval (60/46 s) until the bucket is empty again.
     resets = [seconds(a.headers["x-ratelimit-reset-requests"]) for a in results]
-    assert resets[:5] == pytest.approx([12, 24, 36, 48, 60], abs=0.05)
+    assert resets[:5] == pytest.approx([60 / 46 * n for n in range(1, 6)], abs=0.05)
     denied = results[-1]
     assert denied.reason == "rate_limit_requests"
     assert denied.reservation is None
-    assert denied.retry_after_s == pytest.approx(12, abs=0.05)
+    assert denied.retry_after_s == pytest.approx(60 / 46, abs=0.05)
     assert "x-ratelimit-limit-tokens" not in denied.headers  # tpm unlimited: no token headers
 
 
 async def test_tokens_per_minute_exact_at_the_boundary(store: LimitStore) -> None:
+    # 1,000 tpm with the default token burst fraction 0.25: 250 at once, refilling 751 a minute
+    # (one token per 80 ms: Redis' real clock moves less than that during the test).
     policy = KeyPolicy("k", tpm=1000)
-    assert (await admit(store, policy, tokens=400)).allowed
-    second = await admit(store, policy, tokens=400)
-    assert second.headers["x-ratelimit-remaining-tokens"] == "200"
+    assert (await admit(store, policy, tokens=100)).allowed
+    second = await admit(store, policy, tokens=100)
+    assert second.headers["x-ratelimit-remaining-tokens"] == "50"
     assert second.headers["x-ratelimit-limit-tokens"] == "1000"
-    too_many = await admit(store, policy, tokens=201)
+    too_many = await admit(store, policy, tokens=51)
     assert (too_many.allowed, too_many.reason) == (False, "rate_limit_tokens")
-    # 1 token more than the 200 left: it waits for exactly 1 token's refill, 60/1000 s.
-    assert too_many.retry_after_s == pytest.approx(0.06, abs=0.01)
-    exact = await admit(store, policy, tokens=200)
+    # 1 token more than the 50 left: it waits for exactly 1 token's refill, 60/751 s.
+    assert too_many.retry_after_s == pytest.approx(60 / 751, abs=0.03)
+    exact = await admit(store, policy, tokens=50)
     assert exact.allowed
     assert exact.headers["x-ratelimit-remaining-tokens"] == "0"
-    assert seconds(exact.headers["x-ratelimit-reset-tokens"]) == pytest.approx(60, abs=0.05)
+    assert seconds(exact.headers["x-ratelimit-reset-tokens"]) == pytest.approx(
+        250 * 60 / 751, abs=0.05
+    )
 
 
-async def test_a_request_larger_than_the_tpm_limit_never_fits(store: LimitStore) -> None:
-    policy = KeyPolicy("k", tpm=100)
+async def test_a_request_larger_than_the_burst_never_fits(store: LimitStore) -> None:
+    policy = KeyPolicy("k", tpm=400)  # 100 tokens at once
     admission = await admit(store, policy, tokens=101)
     assert (admission.allowed, admission.reason) == (False, "rate_limit_tokens")
     assert admission.headers["x-ratelimit-remaining-tokens"] == "100"
+    assert (await admit(store, policy, tokens=100)).allowed
 
 
 async def test_a_rejected_request_consumes_nothing(store: LimitStore) -> None:
-    policy = KeyPolicy("k", rpm=3, tpm=100)
+    policy = KeyPolicy("k", rpm=30, tpm=400)  # 3 requests and 100 tokens at once
     assert (await admit(store, policy, tokens=90)).allowed
     denied = await admit(store, policy, tokens=20)  # over tpm: must not use a request slot
     assert denied.reason == "rate_limit_tokens"
@@ -321,13 +331,12 @@ async def _check_month_rollover(store: LimitStore, clock: Clock) -> None:
 async def test_memory_store_refills_over_time() -> None:
     clock = Clock()
     store = MemoryLimitStore(clock=clock)
-    policy = KeyPolicy("k", rpm=2, tpm=100)
-    assert (await admit(store, policy, tokens=50)).allowed
+    policy = KeyPolicy("k", rpm=2, tpm=1000)  # 1 request at once, one more every 30 s
     assert (await admit(store, policy, tokens=50)).allowed
     assert not (await admit(store, policy, tokens=0)).allowed
     clock.now += 29.9
     assert not (await admit(store, policy, tokens=0)).allowed
-    clock.now += 0.1  # one emission interval (30 s) after the burst's first request
+    clock.now += 0.1  # one emission interval (60 / (2 + 1 - 1) s) after the first request
     refilled = await admit(store, policy, tokens=50)
     assert refilled.allowed
     assert refilled.headers["x-ratelimit-remaining-requests"] == "0"
@@ -335,44 +344,55 @@ async def test_memory_store_refills_over_time() -> None:
 
 async def test_redis_store_refills_over_time(client: aioredis.Redis) -> None:
     store = RedisLimitStore(client)
-    policy = KeyPolicy("k", rpm=120)  # one request per 500 ms
-    results = await asyncio.gather(*(admit(store, policy) for _ in range(120)))
+    policy = KeyPolicy("k", rpm=120)  # 12 at once, then one per 60/109 s = 550 ms
+    results = await asyncio.gather(*(admit(store, policy) for _ in range(12)))
     assert all(a.allowed for a in results)
     assert not (await admit(store, policy)).allowed
-    await asyncio.sleep(0.55)
+    await asyncio.sleep(0.6)
     assert (await admit(store, policy)).allowed
-    # The arrival-time key expires once the bucket would be full again.
-    assert 0 < await client.pttl("liftoff:rl:req:k") <= 60_001
+    # The bucket's key expires once the bucket would be empty again (12 intervals at most).
+    assert 0 < await client.pttl("liftoff:bucket:req:k") <= 12 * 551 + 1
 
 
 async def test_memory_and_redis_stores_decide_identically(client: aioredis.Redis) -> None:
-    memory = MemoryLimitStore(clock=Clock())
-    shared = RedisLimitStore(client, clock=Clock())
+    """The same requests, settlements and clock on both back ends: the same decisions, the same
+    headers to the character, the same token marks (the Lua scripts mirror app/gcra.py)."""
+    clock = Clock()
+    memory = MemoryLimitStore(clock=clock)
+    shared = RedisLimitStore(client, clock=clock, rate_clock=clock)
     rng = random.Random(7)
-    # Slow refills (under one token or request during the test) so that the real time passing
-    # in Redis cannot change a decision compared with the frozen clock of the memory store.
     policies = [
-        KeyPolicy("a", rpm=8, tpm=100, monthly_budget_usd=0.5),
+        KeyPolicy("a", rpm=80, tpm=1000, monthly_budget_usd=0.5),
         KeyPolicy("b", rpm=20, tpm=None, monthly_budget_usd=None),
-        KeyPolicy("c", rpm=None, tpm=90, monthly_budget_usd=0.2),
+        KeyPolicy("c", rpm=None, tpm=900, monthly_budget_usd=0.2),
     ]
-    for _ in range(100):
+    held = []
+    for _ in range(300):
+        clock.now += rng.choice([0.0, 0.0, 0.013, 0.5, 2.7])
         policy = rng.choice(policies)
-        args = (policy, "m", rng.randint(0, 30), rng.choice([0.0, 0.02, 0.07]), 1.5, 0.5)
+        args = (policy, "m", rng.randint(0, 120), rng.choice([0.0, 0.02, 0.07]), 1.5, 0.5)
         left, right = await memory.admit(*args), await shared.admit(*args)
-        assert (left.allowed, left.reason, left.soft_exceeded) == (
+        assert (left.allowed, left.reason, left.soft_exceeded, left.headers) == (
             right.allowed,
             right.reason,
             right.soft_exceeded,
+            right.headers,
         )
-        assert {k: v for k, v in left.headers.items() if "remaining" in k} == {
-            k: v for k, v in right.headers.items() if "remaining" in k
-        }
+        assert left.retry_after_s == right.retry_after_s
         assert left.budget_remaining_usd == pytest.approx(right.budget_remaining_usd)
-        if left.allowed and rng.random() < 0.5:
-            actual = rng.uniform(0, left.reservation.amount_usd)
-            await memory.settle(left.reservation, actual, 10, 10)
-            await shared.settle(right.reservation, actual, 10, 10)
+        if left.allowed:
+            assert left.reservation.token_mark == right.reservation.token_mark
+            held.append((left.reservation, right.reservation))
+        if held and rng.random() < 0.6:  # settle or release one in flight, in any order
+            mine, theirs = held.pop(rng.randrange(len(held)))
+            if rng.random() < 0.2:
+                await memory.release(mine)
+                await shared.release(theirs)
+            else:
+                actual = rng.uniform(0, mine.amount_usd)
+                used = rng.randint(0, mine.tokens + 10)  # sometimes more than reserved
+                await memory.settle(mine, actual, used // 2, used - used // 2)
+                await shared.settle(theirs, actual, used // 2, used - used // 2)
     month = month_key(MID_NOVEMBER)
     assert (await memory.usage(None, month))["global"] == pytest.approx(
         (await shared.usage(None, month))["global"]
@@ -385,9 +405,11 @@ async def test_memory_and_redis_stores_decide_identically(client: aioredis.Redis
 async def test_rpm_holds_exactly_across_two_replicas(redis_url: str) -> None:
     clients = [create_redis(redis_url), create_redis(redis_url)]
     # Skewed local clocks do not matter: the limit runs on Redis server time.
+    # The whole limit at once (burst fraction 1: it then refills one a minute), so the count
+    # does not depend on how long the 400 calls take.
     replicas = [
-        RedisLimitStore(clients[0], clock=Clock(MID_NOVEMBER)),
-        RedisLimitStore(clients[1], clock=Clock(MID_NOVEMBER + 45)),
+        RedisLimitStore(clients[0], clock=Clock(MID_NOVEMBER), bursts=WHOLE_LIMIT),
+        RedisLimitStore(clients[1], clock=Clock(MID_NOVEMBER + 45), bursts=WHOLE_LIMIT),
     ]
     policy = KeyPolicy("shared", rpm=150, tpm=None)
     results = await asyncio.gather(*(admit(replicas[i % 2], policy) for i in range(400)))
@@ -398,7 +420,7 @@ async def test_rpm_holds_exactly_across_two_replicas(redis_url: str) -> None:
 
 async def test_tpm_holds_exactly_across_two_replicas(redis_url: str) -> None:
     clients = [create_redis(redis_url), create_redis(redis_url)]
-    replicas = [RedisLimitStore(c) for c in clients]
+    replicas = [RedisLimitStore(c, bursts=WHOLE_LIMIT) for c in clients]
     policy = KeyPolicy("shared", tpm=10_000)
     results = await asyncio.gather(
         *(admit(replicas[i % 2], policy, tokens=100) for i in range(300))
@@ -477,7 +499,7 @@ async def test_local_mode_falls_back_to_the_process_and_recovers(
     redis_server, redis_url: str
 ) -> None:
     redis = create_redis(redis_url)
-    primary, fallback = RedisLimitStore(redis), MemoryLimitStore()
+    primary, fallback = RedisLimitStore(redis), MemoryLimitStore(bursts=WHOLE_LIMIT)
     store = ResilientLimitStore(primary, fallback, "local", fast_health())
     policy = KeyPolicy("k", rpm=2, monthly_budget_usd=5.0)
     before = await admit(store, policy, worst_case_usd=0.1)
@@ -488,7 +510,7 @@ async def test_local_mode_falls_back_to_the_process_and_recovers(
     during = [await admit(store, policy, worst_case_usd=0.1) for _ in range(3)]
     assert time.monotonic() - started < 2
     assert store.state == "degraded"
-    # Limits now hold per process: a fresh in-process bucket of 2.
+    # Limits now hold per process (one replica): a fresh in-process bucket of 2 at once.
     assert [a.allowed for a in during] == [True, True, False]
     assert during[0].reservation.owner is fallback
     await store.settle(during[0].reservation, 0.05, prompt_tokens=5, completion_tokens=5)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 
 import pytest
@@ -182,3 +184,129 @@ async def test_a_burst_beyond_the_pool_waits_for_connections(redis_url: str) -> 
     clients = await client.client_list()
     assert sum(c["name"] == "liftoff-gateway" for c in clients) <= 4
     await client.aclose()
+
+
+# --- degrading and recovering, in the logs ----------------------------------------------------
+
+
+def health_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "app.redis_backend"]
+
+
+async def recover(operation, health: BackendHealth) -> None:
+    """Call `operation` until `health` is healthy again (Redis is back), at most 5 s."""
+    deadline = time.monotonic() + 5
+    while health.state != "healthy":
+        assert time.monotonic() < deadline, "no recovery within 5 s after Redis came back"
+        await operation()
+        await asyncio.sleep(0.05)
+
+
+async def test_a_shared_backend_logs_its_outage_once_each_way(
+    redis_server, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis killed under the limiter and the cache sharing one health object: one WARNING
+    naming what each does meanwhile, one INFO with the outage's duration once it is back, and
+    neither line names the server's address."""
+    from app.cache import RedisResponseCache, ResilientCache
+    from app.limits import KeyPolicy, MemoryLimitStore, RedisLimitStore, ResilientLimitStore
+
+    caplog.set_level(logging.INFO, logger="app.redis_backend")
+    client = create_redis(redis_url)
+    health = BackendHealth(backoff_base_s=0.05, backoff_cap_s=0.2)
+    limits = ResilientLimitStore(RedisLimitStore(client), MemoryLimitStore(), "local", health)
+    cache = ResilientCache(RedisResponseCache(client, ttl_s=60), health)
+    policy = KeyPolicy("k", rpm=10_000)
+
+    entry = await cache.key_for({"model": "m", "messages": []})
+
+    async def use_both() -> None:
+        await limits.admit(policy, "m", 1, 0.0, None, 0.8)
+        await cache.lookup(entry, lease=False)
+
+    await use_both()
+    assert health_lines(caplog) == []
+    redis_server.stop()
+    stopped = time.monotonic()
+    for _ in range(20):  # failures, skipped calls during the back-off, failed probes
+        await use_both()
+        await asyncio.sleep(0.02)
+    assert health.failures_total > 1  # probes failed again: still a single line
+    [degraded] = health_lines(caplog)
+    assert degraded.levelno == logging.WARNING
+    assert degraded.getMessage() == (
+        "state backend degraded (limits: local, cache: off): redis admit failed: ConnectionError"
+    )
+    assert degraded.state_backend == "degraded"
+
+    redis_server.start()
+    await recover(use_both, health)
+    outage = time.monotonic() - stopped
+    await use_both()
+    degraded_line, recovered = health_lines(caplog)
+    assert degraded_line is degraded
+    assert recovered.levelno == logging.INFO
+    assert recovered.getMessage().startswith("state backend recovered after ")
+    assert recovered.getMessage().endswith(" s (limits: local, cache: off)")
+    assert 0 < recovered.outage_s <= outage
+    for record in (degraded, recovered):
+        text = record.getMessage() + repr(vars(record))
+        assert "127.0.0.1" not in text and str(redis_server.port) not in text
+    await client.aclose()
+
+
+async def test_separate_backends_log_once_each_by_name(
+    redis_server, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.cache import RedisResponseCache, ResilientCache
+    from app.limits import KeyPolicy, MemoryLimitStore, RedisLimitStore, ResilientLimitStore
+
+    caplog.set_level(logging.INFO, logger="app.redis_backend")
+    client = create_redis(redis_url)
+    limits = ResilientLimitStore(
+        RedisLimitStore(client),
+        MemoryLimitStore(),
+        "closed",
+        BackendHealth(backoff_base_s=0.05, backoff_cap_s=0.2),
+    )
+    cache = ResilientCache(
+        RedisResponseCache(client, ttl_s=60), BackendHealth(backoff_base_s=0.05, backoff_cap_s=0.2)
+    )
+    policy = KeyPolicy("k", rpm=10_000)
+
+    entry = await cache.key_for({"model": "m", "messages": []})
+
+    async def use_both() -> None:
+        with contextlib.suppress(BackendUnavailable):  # mode closed: refused while down
+            await limits.admit(policy, "m", 1, 0.0, None, 0.8)
+        await cache.lookup(entry, lease=False)
+
+    redis_server.stop()
+    for _ in range(10):
+        await use_both()
+        await asyncio.sleep(0.02)
+    assert sorted(r.getMessage() for r in health_lines(caplog)) == [
+        "state backend degraded (cache: off): redis cache get failed: ConnectionError",
+        "state backend degraded (limits: closed): redis admit failed: ConnectionError",
+    ]
+    redis_server.start()
+    await recover(use_both, limits.health)
+    await recover(use_both, cache.health)
+    recovered = [r.getMessage() for r in health_lines(caplog) if r.levelno == logging.INFO]
+    assert len(recovered) == 2
+    assert {m.rsplit("(", 1)[1] for m in recovered} == {"cache: off)", "limits: closed)"}
+    await client.aclose()
+
+
+def test_health_logs_nothing_without_a_change(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="app.redis_backend")
+    health = BackendHealth()
+    for _ in range(3):
+        health.record_success()
+    assert health_lines(caplog) == []
+    health.serve("limits", "open")
+    health.record_failure("redis admit failed: TimeoutError")
+    health.record_failure("redis admit failed: TimeoutError")
+    assert [r.getMessage() for r in health_lines(caplog)] == [
+        "state backend degraded (limits: open): redis admit failed: TimeoutError"
+    ]

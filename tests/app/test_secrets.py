@@ -104,3 +104,32 @@ async def test_refresh_is_rate_limited(aws):
     assert await store.refresh("UPSTREAM_API_KEY") is False  # within the minimum interval
     assert store.get("UPSTREAM_API_KEY") == "two"
     assert await SecretStore({"LIFTOFF_UPSTREAM_API_KEY": "v"}).refresh("UPSTREAM_API_KEY") is False
+
+
+def test_provider_keys_are_found_by_name_in_the_environment():
+    from app.secrets import provider_key_name
+
+    assert provider_key_name("azure-east") == "PROVIDER_AZURE_EAST_API_KEY"
+    store = SecretStore(
+        {
+            "LIFTOFF_PROVIDER_AZURE_EAST_API_KEY": "k-east",
+            "LIFTOFF_PROVIDER_OPENAI_API_KEY_SECRET_ARN": "arn:aws:secretsmanager:x",
+            "LIFTOFF_PROVIDER_EMPTY_API_KEY": "",
+        }
+    )
+    assert store.get("PROVIDER_AZURE_EAST_API_KEY") == "k-east"
+    assert store.source("PROVIDER_OPENAI_API_KEY") == "LIFTOFF_PROVIDER_OPENAI_API_KEY_SECRET_ARN"
+    assert store.source("PROVIDER_EMPTY_API_KEY") == "unset"
+    assert store.get("PROVIDER_OTHER_API_KEY") is None
+    assert "k-east" not in repr(store)
+    with pytest.raises(SecretError, match="only one of LIFTOFF_PROVIDER_A_API_KEY and"):
+        SecretStore(
+            {"LIFTOFF_PROVIDER_A_API_KEY": "x", "LIFTOFF_PROVIDER_A_API_KEY_SECRET_ARN": "arn:y"}
+        )
+
+
+async def test_provider_key_from_secrets_manager_is_resolved_at_startup(aws):
+    arn = aws.create_secret(Name="liftoff/azure-east", SecretString="azure-east-key")["ARN"]
+    store = SecretStore({"LIFTOFF_PROVIDER_AZURE_EAST_API_KEY_SECRET_ARN": arn})
+    await store.resolve()
+    assert store.get("PROVIDER_AZURE_EAST_API_KEY") == "azure-east-key"

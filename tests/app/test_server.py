@@ -215,7 +215,7 @@ async def test_moderation_rejects_flagged_input_before_the_call(simulator):
 
 
 async def test_rate_limit_429_with_retry_after_and_openai_headers(simulator):
-    keys = client_keys_json(alice={"rpm": 2})
+    keys = client_keys_json(alice={"rpm": 20})  # 2 at once with the default burst fraction
     async with running(make_config(simulator.url), {"LIFTOFF_CLIENT_KEYS": keys}) as gw:
         ok = [await gw.chat() for _ in range(2)]
         limited = await gw.chat()
@@ -227,7 +227,7 @@ async def test_rate_limit_429_with_retry_after_and_openai_headers(simulator):
     assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests"
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.headers["x-ratelimit-remaining-requests"] == "0"
-    assert limited.headers["x-ratelimit-limit-requests"] == "2"
+    assert limited.headers["x-ratelimit-limit-requests"] == "20"
     assert other_key.status_code == 200
     assert 'liftoff_rate_limit_rejections_total{reason="rate_limit_requests"} 1.0' in metrics
 
@@ -240,7 +240,7 @@ RATE_HEADERS = [
 
 
 async def test_rate_limit_headers_on_responses_rejected_before_the_limiter(simulator):
-    keys = client_keys_json(alice={"rpm": 5, "tpm": 100_000})
+    keys = client_keys_json(alice={"rpm": 50, "tpm": 100_000})  # 5 requests at once
     async with running(make_config(simulator.url), {"LIFTOFF_CLIENT_KEYS": keys}) as gw:
         post = gw.client.post
         # Nothing admitted yet for bob: his full limits (the defaults), nothing to wait for.
@@ -266,7 +266,7 @@ async def test_rate_limit_headers_on_responses_rejected_before_the_limiter(simul
     for response in [*rejected.values(), models]:
         headers = response.headers
         assert all(name in headers for name in RATE_HEADERS), headers
-        assert headers["x-ratelimit-limit-requests"] == "5"
+        assert headers["x-ratelimit-limit-requests"] == "50"
         assert headers["x-ratelimit-limit-tokens"] == "100000"
         # The latest admission's figures (nothing refilled a whole request since): 5 - 2 = 3.
         assert headers["x-ratelimit-remaining-requests"] == "3"
@@ -277,8 +277,9 @@ async def test_rate_limit_headers_on_responses_rejected_before_the_limiter(simul
         assert reset.endswith("s") and reset != "0s"
     assert fresh.status_code == 404
     assert fresh.headers["x-ratelimit-limit-requests"] == "600"
-    assert fresh.headers["x-ratelimit-remaining-requests"] == "600"
-    assert fresh.headers["x-ratelimit-remaining-tokens"] == "200000"
+    # What may be sent at once: the default bursts, 10% of rpm and 25% of tpm (app/gcra.py).
+    assert fresh.headers["x-ratelimit-remaining-requests"] == "60"
+    assert fresh.headers["x-ratelimit-remaining-tokens"] == "50000"
     assert fresh.headers["x-ratelimit-reset-requests"] == "0s"
     # No key recognised: no limits to report (and none of the configured ones disclosed).
     for response in (unauthenticated, no_key):
@@ -287,25 +288,26 @@ async def test_rate_limit_headers_on_responses_rejected_before_the_limiter(simul
 
 
 def test_known_limit_headers_age_with_time():
-    from app.gateway import Gateway  # not started: known_limit_headers needs no back end
+    from app.gcra import DEFAULT_BURSTS
+    from app.limit_view import LimitView
     from app.limits import KeyPolicy
 
-    gateway = Gateway(make_config(None), env={})
-    gateway.policies = {"k": KeyPolicy("k", 60, None, None)}
-    assert gateway.known_limit_headers("nobody") == {}
-    assert gateway.known_limit_headers("k") == {
+    view = LimitView({"k": KeyPolicy("k", 60, None, None)}, DEFAULT_BURSTS)
+    assert view.known_headers("nobody") == {}
+    # rpm 60 with the default burst fraction 0.1: 6 at once, refilled at 55 a minute.
+    assert view.known_headers("k") == {
         "x-ratelimit-limit-requests": "60",
-        "x-ratelimit-remaining-requests": "60",
+        "x-ratelimit-remaining-requests": "6",
         "x-ratelimit-reset-requests": "0s",
     }
-    # An admission left 30 s of backlog (30 of 60 requests used) at t=100.
-    gateway._limits_seen["k"] = (100.0, {"x-ratelimit-reset-requests": "30s"})
-    assert gateway.known_limit_headers("k", now=100.0)["x-ratelimit-remaining-requests"] == "30"
-    aged = gateway.known_limit_headers("k", now=110.0)
-    assert aged["x-ratelimit-remaining-requests"] == "40"
-    assert aged["x-ratelimit-reset-requests"] == "20s"
-    drained = gateway.known_limit_headers("k", now=500.0)
-    assert drained["x-ratelimit-remaining-requests"] == "60"
+    # An admission left 4.363 s of backlog (4 of the 6 used) at t=100.
+    view.seen["k"] = (100.0, {"x-ratelimit-reset-requests": "4.363s"}, None)
+    assert view.known_headers("k", now=100.0)["x-ratelimit-remaining-requests"] == "2"
+    aged = view.known_headers("k", now=102.2)
+    assert aged["x-ratelimit-remaining-requests"] == "4"
+    assert aged["x-ratelimit-reset-requests"] == "2.163s"
+    drained = view.known_headers("k", now=500.0)
+    assert drained["x-ratelimit-remaining-requests"] == "6"
     assert drained["x-ratelimit-reset-requests"] == "0s"
 
 
@@ -403,13 +405,14 @@ async def test_large_inputs_are_tokenized_off_the_event_loop(simulator):
     config = make_config(simulator.url, server={"token_count_offload_chars": 2000})
     async with running(config) as gw:
         threads: list[str] = []
-        original = gw.gateway._count_sync
+        counter = gw.gateway.counter
+        original = counter.count_message_bounds
 
-        def spy(parsed):
+        def spy(messages, encoding):
             threads.append(threading.current_thread().name)
-            return original(parsed)
+            return original(messages, encoding)
 
-        gw.gateway._count_sync = spy
+        counter.count_message_bounds = spy
         await gw.chat(messages=[{"role": "user", "content": "short"}])
         await gw.chat(messages=[{"role": "user", "content": "long " * 1000}])
     assert threads[0] == threading.main_thread().name

@@ -26,7 +26,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(port: int, **extra: str) -> subprocess.Popen[str]:
+def _start(port: int, **extra: str | None) -> subprocess.Popen[str]:
+    """`python -m app` on `port`; an `extra` variable set to None is left out (its default)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTOFF")} | {
         "LIFTOFF__SERVER__PORT": str(port),
         "LIFTOFF__SERVER__SHUTDOWN_DELAY_S": "1.5",
@@ -34,6 +35,7 @@ def _start(port: int, **extra: str) -> subprocess.Popen[str]:
         "LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY,
         **extra,
     }
+    env = {k: v for k, v in env.items() if v is not None}
     process = subprocess.Popen(
         [sys.executable, "-m", "app"],
         cwd=ROOT,
@@ -110,6 +112,51 @@ def test_sigterm_drains_in_flight_stream_and_readiness_fails_at_once():
         raise AssertionError("server still answering after shutdown")
     except httpx.TransportError:
         pass
+
+
+def test_default_delay_keeps_answering_new_connections_after_sigterm():
+    """With the default server.shutdown_delay_s, a load balancer that learns of the drain only
+    from /readyz (and does not retry) loses nothing: after SIGTERM new connections are still
+    accepted and answered while /readyz says 503; a second SIGTERM drains at once."""
+    port = _free_port()
+    process = _start(port, LIFTOFF__SERVER__SHUTDOWN_DELAY_S=None)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        assert httpx.get(f"{base}/readyz", timeout=2).status_code == 503
+        answered = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # each call opens a new connection
+            response = httpx.post(
+                f"{base}/v1/chat/completions",
+                json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": "Bearer liftoff-dev-key"},
+                timeout=5,
+            )
+            assert response.status_code == 200, response.text
+            answered += 1
+            time.sleep(0.2)
+        assert answered >= 5 and process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_sigint_skips_the_shutdown_delay():
+    """Ctrl-C at a terminal has no load balancer to wait for: SIGINT drains at once."""
+    port = _free_port()
+    process = _start(port, LIFTOFF__SERVER__SHUTDOWN_DELAY_S=None)
+    try:
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+        assert time.monotonic() - started < 10  # not the 35 s default delay
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 @pytest.mark.parametrize(

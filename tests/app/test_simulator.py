@@ -20,7 +20,7 @@ from openai.types import Completion, Model, ModerationCreateResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from app.simulator import SimulatorOptions, SimulatorServer, format_duration
-from app.simulator_text import count_message_tokens, count_tokens
+from app.simulator.text import count_message_tokens, count_tokens
 
 AUTH = {"authorization": "Bearer sk-test"}
 MESSAGES = [

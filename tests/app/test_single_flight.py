@@ -34,7 +34,9 @@ CONCURRENT = 50
 def gateway_on_loopback(
     upstream_url: str, redis_url: str | None = None, **sections
 ) -> Iterator[str]:
-    env = {"LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY, "LIFTOFF_CLIENT_KEYS": client_keys_json()}
+    # Limits far above the tests' bursts of 50 (each reserves ~1,000 tokens).
+    keys = client_keys_json(alice={"rpm": 100_000, "tpm": 1_000_000})
+    env = {"LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY, "LIFTOFF_CLIENT_KEYS": keys}
     with served(create_app(make_config(upstream_url, redis_url, **sections), env)) as url:
         yield url
 
@@ -50,7 +52,7 @@ def gateway_processes(
             "LIFTOFF_UPSTREAM_URL": upstream_url,
             "LIFTOFF_REDIS_URL": redis_url,
             "LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY,
-            "LIFTOFF_CLIENT_KEYS": client_keys_json(alice={"rpm": 100_000}),
+            "LIFTOFF_CLIENT_KEYS": client_keys_json(alice={"rpm": 100_000, "tpm": 1_000_000}),
             "LIFTOFF__SERVER__ACCESS_LOG": "false",
             "LIFTOFF__UPSTREAM__FORWARD_HEADERS": (
                 "[x-simulator-fail-times, x-simulator-request-key, x-simulator-ttft-ms]"

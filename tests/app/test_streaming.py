@@ -171,7 +171,7 @@ def test_replay_of_completions_with_usage():
 async def test_client_leaving_before_first_chunk_releases_the_upstream_stream(simulator):
     """The ASGI send fails at once: the body generator never starts, yet the provider stream
     is closed, the concurrency slot freed and the reservation settled."""
-    from app.gateway import RelayResponse
+    from app.response_types import RelayResponse
 
     config = make_config(simulator.url, upstream={"max_concurrency_per_model": 1})
     async with running(config) as gw:
@@ -292,7 +292,7 @@ async def test_client_leaving_mid_stream_stops_the_relay_at_once(simulator):
 
 def _upstream_idle(gateway, model="gpt-4o-mini-2024-07-18", cap=64) -> bool:
     upstream = gateway.upstream
-    slot_free = upstream._semaphores[model]._value == cap
+    slot_free = upstream._target(model).slots.free == cap
     gauge = gateway.metrics.child(gateway.metrics.upstream_in_flight, model)
     return slot_free and gauge._value.get() == 0
 
@@ -302,17 +302,19 @@ async def test_stream_opens_upstream_while_the_limiter_decides(simulator, redis_
     concurrently with the admission (one Redis round trip), and the answer is the same."""
     async with running(make_config(simulator.url, redis_url)) as gw:
         gateway = gw.gateway
-        assert not gateway._likely_admitted("alice", 100, 0.0)  # nothing seen: wait for verdict
+        assert not gateway.limit_view.likely_admitted(
+            "alice", 100, 0.0
+        )  # nothing seen: wait for verdict
         first = await stream_chat(gw, max_tokens=10)
-        assert gateway._likely_admitted("alice", 100, 0.0)
+        assert gateway.limit_view.likely_admitted("alice", 100, 0.0)
         opened = []
-        original = gateway._open_stream
+        original = gateway.pipeline.open_stream
 
-        async def spy(parsed, body, ctx):
+        async def spy(endpoint, parsed, body, ctx):
             opened.append(ctx.admitted)  # False: opened before the verdict came back
-            return await original(parsed, body, ctx)
+            return await original(endpoint, parsed, body, ctx)
 
-        gateway._open_stream = spy
+        gateway.pipeline.open_stream = spy
         second = await stream_chat(gw, max_tokens=10)
         cached = await stream_chat(gw, max_tokens=10, temperature=0)  # cacheable: never early
         await gateway.flush()
@@ -333,20 +335,20 @@ async def test_refused_admission_cancels_the_early_stream_and_frees_everything(
     """This process' view of the key is stale (another replica used up its minute): the stream
     is opened early, the limiter refuses, the client gets the 429 at once and never a byte of
     the stream, and the provider call is cancelled, its connection and slot released."""
-    keys = client_keys_json(alice={"rpm": 2})
+    keys = client_keys_json(alice={"rpm": 20})  # 2 at once with the default burst fraction
     async with running(make_config(simulator.url, redis_url), {"LIFTOFF_CLIENT_KEYS": keys}) as gw:
         gateway = gw.gateway
         for _ in range(2):
             assert (await stream_chat(gw, max_tokens=5)).status_code == 200
-        gateway._limits_seen["alice"] = (0.0, {}, None)  # stale: "plenty left"
+        gateway.limit_view.seen["alice"] = (0.0, {}, None)  # stale: "plenty left"
         opened = []
-        original = gateway._open_stream
+        original = gateway.pipeline.open_stream
 
-        async def spy(parsed, body, ctx):
+        async def spy(endpoint, parsed, body, ctx):
             opened.append(True)
-            return await original(parsed, body, ctx)
+            return await original(endpoint, parsed, body, ctx)
 
-        gateway._open_stream = spy
+        gateway.pipeline.open_stream = spy
         slow = {"x-simulator-ttft-ms": "2000"}
         started = asyncio.get_running_loop().time()
         refused = await stream_chat(gw, headers=slow, max_tokens=5)
@@ -359,7 +361,7 @@ async def test_refused_admission_cancels_the_early_stream_and_frees_everything(
         await gateway.flush()
         usage = (await gw.client.get("/v1/usage", headers=auth())).json()["usage"]
         # The refusal is now known here: the next request waits for the verdict.
-        assert not gateway._likely_admitted("alice", 10, 0.0)
+        assert not gateway.limit_view.likely_admitted("alice", 10, 0.0)
     assert opened == [True]
     assert refused.status_code == 429
     assert refused.headers["content-type"] == "application/json"
@@ -384,17 +386,17 @@ async def test_early_stream_failing_releases_the_reservation(simulator, redis_ur
 
 
 def test_likely_admitted_needs_room_on_every_limit_and_budget():
-    from app.gateway import Gateway
+    from app.gcra import DEFAULT_BURSTS
+    from app.limit_view import LimitView
     from app.limits import KeyPolicy
 
-    gateway = Gateway(make_config(None), env={})
-    gateway.policies = {"k": KeyPolicy("k", 60, 1000, 1.0)}
-    assert not gateway._likely_admitted("k", 10, 0.01)  # nothing seen yet
+    view = LimitView({"k": KeyPolicy("k", 60, 1000, 1.0)}, DEFAULT_BURSTS)
+    assert not view.likely_admitted("k", 10, 0.01)  # nothing seen yet
     now = __import__("time").monotonic()
     roomy = {"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6s"}
-    gateway._limits_seen["k"] = (now, roomy, 0.5)
-    assert gateway._likely_admitted("k", 10, 0.01)
-    assert not gateway._likely_admitted("k", 500, 0.01)  # 900 tokens left: not twice 500
-    assert not gateway._likely_admitted("k", 10, 0.3)  # $0.5 left: not twice the worst case
-    gateway._limits_seen["k"] = (now, {**roomy, "x-ratelimit-reset-requests": "59.5s"}, None)
-    assert not gateway._likely_admitted("k", 10, 0.01)  # no request left
+    view.seen["k"] = (now, roomy, 0.5)
+    assert view.likely_admitted("k", 10, 0.01)
+    assert not view.likely_admitted("k", 500, 0.01)  # 174 tokens left now: not twice 500
+    assert not view.likely_admitted("k", 10, 0.3)  # $0.5 left: not twice the worst case
+    view.seen["k"] = (now, {**roomy, "x-ratelimit-reset-requests": "59.5s"}, None)
+    assert not view.likely_admitted("k", 10, 0.01)  # no request left

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -15,6 +16,7 @@ import orjson
 import pytest
 
 from app.accounting import TokenCounter
+from app.gcra import Bucket, BurstFractions
 from app.limits import KeyPolicy, LimitStore, MemoryLimitStore, RedisLimitStore
 from app.redis_backend import create_redis
 from app.server import create_app
@@ -33,17 +35,22 @@ class FrozenClock:
 
 @pytest.fixture(params=["memory", "redis"])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator:
-    """A factory of stores of one back end (Redis decides on its own server clock)."""
+    """A factory of stores of one back end (Redis decides on its own server clock).
+
+    With the whole tpm as the burst (burst fraction 1, refilling one token a minute), so that
+    the figures below are the settlement's alone; the burst is tested in test_limit_windows.py.
+    """
     clients = []
 
     def make(count_cache_hits_tokens: bool = False) -> LimitStore:
+        whole = BurstFractions(1.0, 1.0)
         if request.param == "memory":
             return MemoryLimitStore(
-                clock=FrozenClock(), count_cache_hits_tokens=count_cache_hits_tokens
+                clock=FrozenClock(), count_cache_hits_tokens=count_cache_hits_tokens, bursts=whole
             )
         redis = create_redis(request.getfixturevalue("redis_url"))
         clients.append(redis)
-        return RedisLimitStore(redis, count_cache_hits_tokens=count_cache_hits_tokens)
+        return RedisLimitStore(redis, count_cache_hits_tokens=count_cache_hits_tokens, bursts=whole)
 
     yield make
     for redis in clients:
@@ -56,7 +63,7 @@ async def remaining(store: LimitStore, policy: KeyPolicy) -> int:
     return int(probe.headers["x-ratelimit-remaining-tokens"])
 
 
-# Redis drains its bucket in real time: at 1,000 tokens/min a test's milliseconds are < 1 token.
+# Redis drains its bucket in real time: at 1 token/min a test's milliseconds are < 1 token.
 DRIFT = 1
 
 
@@ -131,9 +138,14 @@ async def test_six_hundred_tiny_requests_a_minute_half_hits_with_the_default_lim
         return admitted
 
     assert all(await minute(settle=True))
-    # What the issue saw: reserving the worst case and never settling refuses after ~200.
+    # What the issue saw: reserving the worst case and never settling refuses early, as soon
+    # as the reservations outgrow the burst (50,000 tokens) plus what drained since.
+    tokens = Bucket.of(defaults.default_tpm, defaults.tpm_burst_fraction)
+    first_refused = next(
+        i for i in range(600) if (i + 1) * reserve > tokens.burst + i * 0.1 * tokens.refill / 60
+    )
     never_settled = await minute(settle=False)
-    assert 150 < never_settled.index(False) < 300
+    assert never_settled.index(False) == first_refused == 63
 
 
 # --- through the official SDK ----------------------------------------------------------------
@@ -141,14 +153,20 @@ async def test_six_hundred_tiny_requests_a_minute_half_hits_with_the_default_lim
 
 def test_sdk_six_hundred_tiny_requests_half_cache_hits_all_admitted(simulator) -> None:
     """Embedded defaults and the dev key (600 rpm, 200,000 tpm, max_tokens default 1024); the
-    limiter's clock is frozen, so all 600 fall in the same instant of one minute."""
+    limiter's clock moves 60/541 s per request: 600 rpm's steady rate with the default burst
+    (60 at once, 541 a minute; app/gcra.py), so no request waits for the request limit."""
     app = create_app(make_config(simulator.url), {"LIFTOFF_UPSTREAM_API_KEY": PROVIDER_KEY})
     with served(app) as url:
         gateway = app.state.gateway
-        gateway.limits.clock = FrozenClock()
+        clock = FrozenClock()
+        start = clock.now
+        gateway.limits.clock = clock
         client = openai.OpenAI(base_url=url, api_key="liftoff-dev-key", max_retries=0)
+        ticks = threading.Lock()
 
         def ask(i: int) -> str:
+            with ticks:  # never backwards, though the threads finish out of order
+                clock.now = max(clock.now, start + i * 60 / 541)
             raw = client.chat.completions.with_raw_response.create(
                 model="fast",
                 messages=[{"role": "user", "content": f"hi {i % 300}"}],
@@ -160,9 +178,10 @@ def test_sdk_six_hundred_tiny_requests_half_cache_hits_all_admitted(simulator) -
             misses = list(pool.map(ask, range(300)))
             hits = list(pool.map(ask, range(300, 600)))
         assert misses == ["miss"] * 300 and hits == ["hit"] * 300
-        # The request limit still holds: the 601st request in the same instant is refused.
+        # The request limit still holds: in one instant, no more than the burst (60).
         with pytest.raises(openai.RateLimitError, match="requests"):
-            ask(0)
+            for _ in range(61):
+                ask(599)
 
 
 @pytest.mark.parametrize("count_hits", [False, True])
@@ -197,7 +216,9 @@ def test_sdk_cache_hits_count_against_tpm_only_when_configured(simulator, count_
     used = usage.prompt_tokens + usage.completion_tokens
     probe_reserved = counter.count_messages([{"role": "user", "content": probe_text}]) + 1024
     hit_charge = used if count_hits else 0
-    expected = 200_000 - used - hit_charge - probe_reserved
+    # From the default tpm's burst (what may be sent at once): 50,000 tokens.
+    burst = Bucket.of(200_000, BurstFractions().tokens).burst
+    expected = burst - used - hit_charge - probe_reserved
     # Exact but for float rounding of arrival times kept as epoch seconds (at most 1 token).
     assert int(probe.headers["x-ratelimit-remaining-tokens"]) == pytest.approx(expected, abs=1)
 
@@ -209,8 +230,8 @@ def two_processes(simulator, redis_server) -> Iterator[list[str]]:
     redis_server.start()  # in case a test stopped it
     keys = orjson.dumps(
         [
-            {"name": "alice", "key": "alice-key-0123456789abcdef", "tpm": 3000, "rpm": 10_000},
-            {"name": "bob", "key": "bob-key-0123456789abcdef", "tpm": 3000, "rpm": 10_000},
+            {"name": "alice", "key": "alice-key-0123456789abcdef", "tpm": TPM, "rpm": 10_000},
+            {"name": "bob", "key": "bob-key-0123456789abcdef", "tpm": TPM, "rpm": 10_000},
         ]
     ).decode()
     with app_processes(
@@ -228,7 +249,9 @@ def two_processes(simulator, redis_server) -> Iterator[list[str]]:
         yield urls
 
 
-TPM = 3000
+TPM = 8_000
+# With the default burst fraction: 2,000 tokens at once, refilling 6,001 a minute (app/gcra.py).
+BUCKET = Bucket.of(TPM, BurstFractions().tokens)
 MAX_TOKENS = 400
 MESSAGES = [{"role": "user", "content": "Tell me about rate limits"}]
 
@@ -239,7 +262,7 @@ def _reserved_tokens() -> int:
 
 
 def _drained(elapsed_s: float) -> float:
-    return elapsed_s * TPM / 60  # the bucket refills at the limit's rate
+    return elapsed_s * BUCKET.refill / 60  # the bucket drains at its refill rate
 
 
 def _wait_settled(client: openai.OpenAI, requests: int) -> None:
@@ -274,17 +297,17 @@ def test_sdk_burst_is_refused_exactly_at_the_limit_across_two_processes(two_proc
             assert refused.type == "tokens"
             # Refused only because it does not fit: used + reserve is over the limit, even
             # with what the bucket refilled since the first admission.
-            assert used + reserve > TPM + _drained(before - started) - 1
+            assert used + reserve > BUCKET.burst + _drained(before - started) - 1
             break
         # Admitted only because it fit.
-        assert used + reserve <= TPM + _drained(time.monotonic() - started) + 1
+        assert used + reserve <= BUCKET.burst + _drained(time.monotonic() - started) + 1
         used += completion.usage.prompt_tokens + completion.usage.completion_tokens
         admitted += 1
         _wait_settled(clients[0], admitted)
     else:
         pytest.fail("never refused")
-    # Reserving max_tokens without settling would have refused after TPM // reserve requests.
-    assert admitted > 2 * (TPM // reserve)
+    # Reserving max_tokens without settling would have refused after burst // reserve requests.
+    assert admitted > 2 * (BUCKET.burst // reserve)
 
 
 def test_sdk_concurrent_burst_never_overshoots_across_two_processes(two_processes) -> None:
@@ -311,5 +334,5 @@ def test_sdk_concurrent_burst_never_overshoots_across_two_processes(two_processe
     elapsed = time.monotonic() - started
     used = [r for r in results if r is not None]
     assert None in results  # the burst was more than the limit
-    assert sum(used) <= TPM + _drained(elapsed) + 1
-    assert len(used) >= TPM // _reserved_tokens()
+    assert sum(used) <= BUCKET.burst + _drained(elapsed) + 1
+    assert len(used) >= BUCKET.burst // _reserved_tokens()

@@ -11,6 +11,8 @@ import pytest
 
 from app.config import UpstreamConfig, load_config
 from app.metrics import Metrics
+from app.providers import build_providers
+from app.secrets import SecretStore
 from app.upstream import CircuitBreaker, UpstreamClient, parse_duration, retry_hint
 from tests.app.gateway_harness import make_config, running
 
@@ -47,13 +49,8 @@ def test_retry_hint_sources():
 def _client(rng) -> UpstreamClient:
     config = load_config(env={})
     upstream = UpstreamConfig(retry={"max_attempts": 5, "base_s": 0.5, "cap_s": 4})
-    return UpstreamClient(
-        "http://127.0.0.1:9", upstream, config.models, Metrics(), lambda: None, _never, rng=rng
-    )
-
-
-async def _never() -> bool:
-    return False
+    providers = build_providers(config, SecretStore({}), "http://127.0.0.1:9")
+    return UpstreamClient(providers, upstream, config.models, Metrics(), rng=rng)
 
 
 def test_backoff_is_full_jitter_capped_and_honours_hints():

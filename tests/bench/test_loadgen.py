@@ -84,15 +84,17 @@ async def test_open_loop_latency_includes_a_slow_target(make_simulator):
 
 def test_median_figures_and_verdicts():
     runs = [
-        {"cache_miss_rps": 100.0, "x": "a"},
-        {"cache_miss_rps": 4000.0, "x": "b"},
-        {"cache_miss_rps": 3500.0, "x": "c"},
+        {"miss_rps_over_bare_proxy": 0.2, "x": "a"},
+        {"miss_rps_over_bare_proxy": 0.7, "x": "b"},
+        {"miss_rps_over_bare_proxy": 0.6, "x": "c"},
     ]
     figures = median_figures(runs)
-    assert figures == {"cache_miss_rps": 3500.0, "x": "c"}
+    assert figures == {"miss_rps_over_bare_proxy": 0.6, "x": "c"}
     by_name = {v["name"]: v for v in verdicts(figures)}
-    assert by_name["cache_miss_rps"]["pass"] is True
+    assert by_name["miss_rps_over_bare_proxy"]["pass"] is True
     assert by_name["cache_hit_p50_ms"]["pass"] is None  # not measured is not a pass
+    slow = {v["name"]: v for v in verdicts({"miss_rps_over_bare_proxy": 0.49})}
+    assert slow["miss_rps_over_bare_proxy"]["pass"] is False
 
 
 def test_harness_runs_against_the_simulator_alone(tmp_path):
@@ -133,3 +135,58 @@ def test_harness_rejects_bad_options(bad):
         [sys.executable, "-m", "bench", *bad], cwd=ROOT, capture_output=True, text=True
     )
     assert run.returncode == 2 and bad[0] in run.stderr
+
+
+def test_harness_measures_gateway_and_bare_proxy_in_turn_and_reports_ratios(tmp_path):
+    out = tmp_path / "results.json"
+    options = ["--duration", "0.3", "--warmup", "0", "--repeat", "2", "--rate", "100"]
+    options += ["--stream-rate", "20", "--connections", "8", "--out", str(out)]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    results = json.loads(out.read_text())
+    runs = results["runs"]
+    assert len(runs) == 2 and results["settings"]["repeat"] == 2
+    phases = list(runs[0]["phases"])
+    # each kind of load: direct, then the gateway, then the bare proxy
+    for gateway, bare in (
+        ("gateway_closed_cache_miss", "bare_proxy_closed_chat"),
+        ("gateway_open_cache_miss", "bare_proxy_open_chat"),
+        ("gateway_open_stream", "bare_proxy_open_stream"),
+    ):
+        assert phases.index(bare) == phases.index(gateway) + 1
+    figures = results["figures"]
+    for name in (
+        "miss_rps_over_bare_proxy",
+        "cpu_per_request_over_bare_proxy",
+        "miss_rps_over_direct",
+        "cpu_per_request_over_direct",
+    ):
+        per_run = [r["figures"][name] for r in runs]
+        assert all(v > 0 for v in per_run)
+        assert figures[name] == round((per_run[0] + per_run[1]) / 2, 3)  # median of two
+    first = runs[0]
+    assert first["figures"]["miss_rps_over_bare_proxy"] == round(
+        first["phases"]["gateway_closed_cache_miss"]["rps"]
+        / first["phases"]["bare_proxy_closed_chat"]["rps"],
+        3,
+    )
+    # what infra.capacity reads
+    assert figures["cache_miss_gateway_cpu_us_per_request"] > 0
+    for phase in ("gateway_open_cache_miss", "gateway_open_cache_hit", "gateway_open_stream"):
+        assert results["phases"][phase]["cpu_us_per_request"]["gateway"] > 0
+    assert results["phases"]["gateway_open_stream"]["header_values"] == {
+        "bypass": results["phases"]["gateway_open_stream"]["ok"]
+    }
+    assert 0 < figures["gateway_rss_mib_after_start"] < 150
+    assert {t["name"] for t in results["targets"]} >= {
+        "miss_rps_over_bare_proxy",
+        "added_latency_p50_ms",
+        "added_latency_p99_ms",
+        "stream_ttft_overhead_ms",
+    }

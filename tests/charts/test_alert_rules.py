@@ -166,12 +166,19 @@ CASES: dict[str, AlertCase] = {
     ),
     "LiftoffBudgetBurnRateHigh": AlertCase(
         eval_time="420m",
-        # $0.05 a minute is $2,160 in 30 days, over the $500 budget; $0.001 a minute is not.
-        firing=[series("liftoff_cost_usd_total", "0+0.05x480", model="m")],
-        quiet=[series("liftoff_cost_usd_total", "0+0.001x480", model="m")],
+        # Spend adds up over client keys: $0.006 a minute each is $259.20 in 30 days, under the
+        # $500 budget alone, $518.40 for the two; $0.001 a minute each is not.
+        firing=[
+            series("liftoff_cost_usd_total", "0+0.006x480", key=key, model="m")
+            for key in ("alice", "bob")
+        ],
+        quiet=[
+            series("liftoff_cost_usd_total", "0+0.001x480", key=key, model="m")
+            for key in ("alice", "bob")
+        ],
         labels={"severity": "warning"},
         summary="Provider spend on course to pass the monthly budget of 500 USD",
-        description="At the spend rate of the last 6 hours, a month costs 2.16k USD.",
+        description="At the spend rate of the last 6 hours, a month costs 518.4 USD.",
     ),
     "LiftoffPodsRestarting": AlertCase(
         eval_time="120m",

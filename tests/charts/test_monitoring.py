@@ -14,7 +14,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
+from app.metrics import Metrics
 from infra.mocking import run_program
 from tests.app.metrics_scrape import exported_series_names, scrape_after_traffic
 from tests.charts import crds
@@ -374,6 +376,53 @@ async def test_dashboards_name_only_series_the_gateway_exports(simulator) -> Non
             assert not unknown, f"{name} {where}: {sorted(unknown)} not exported by the gateway"
 
 
+# Labels Prometheus (the ServiceMonitor's target) adds to every scraped series.
+_TARGET_LABELS = {"namespace", "job", "pod", "service", "endpoint", "instance", "container"}
+
+
+def _declared_labels() -> dict[str, set[str]]:
+    """Sample name -> the label names the gateway declares for it (histogram buckets add le)."""
+    out: dict[str, set[str]] = {}
+    for metric in vars(Metrics()).values():
+        if isinstance(metric, MetricWrapperBase):
+            names = set(metric._labelnames)
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}
+            for suffix in suffixes.get(metric._type, [""]):
+                out[metric._name + suffix] = names | ({"le"} if suffix == "_bucket" else set())
+    return out
+
+
+def _grouping_problems(where: str, expr: str, declared: dict[str, set[str]]) -> list[str]:
+    carried = set(_TARGET_LABELS)
+    for name in metric_names(expr):
+        carried |= declared.get(name, set())
+    problems = []
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        unknown = {label.strip() for label in group.split(",") if label.strip()} - carried
+        if unknown:
+            problems.append(f"{where}: grouped by {sorted(unknown)}, not labels of its series")
+    return problems
+
+
+def test_groupings_use_labels_the_series_carry() -> None:
+    """Every by (...) of the dashboards and alert rules names labels its series have (tokens and
+    cost by key and model need the key label on them)."""
+    declared = _declared_labels()
+    assert declared["liftoff_cost_usd_total"] == {"key", "model"}
+    problems = [
+        problem
+        for name, dashboard in _dashboards().items()
+        for where, expr in _queries(dashboard)
+        for problem in _grouping_problems(f"{name} {where}", _promql(expr), declared)
+    ]
+    for group in render(ALL_ON).one("PrometheusRule")["spec"]["groups"]:
+        for rule in group["rules"]:
+            where = rule.get("alert") or rule["record"]
+            problems += _grouping_problems(where, rule["expr"], declared)
+    assert not problems, "\n".join(problems)
+    assert _grouping_problems("x", "sum by (tenant) (liftoff_cost_usd_total)", declared)
+
+
 def test_dashboard_covers_the_issue_topics() -> None:
     text = json.dumps(_dashboards())
     for series in (
@@ -382,6 +431,8 @@ def test_dashboard_covers_the_issue_topics() -> None:
         "liftoff_time_to_first_token_seconds_bucket",  # TTFT percentiles
         "liftoff_tokens_total",
         "liftoff_cost_usd_total",
+        "sum by (key, model) (rate(liftoff_tokens_total",  # tokens and cost by key and model
+        "sum by (key, model) (rate(liftoff_cost_usd_total",
         "liftoff_cache_results_total",  # hit ratio
         "liftoff_upstream_retries_total",
         "liftoff_circuit_state",

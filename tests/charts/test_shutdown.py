@@ -26,6 +26,16 @@ def test_default_timings_are_consistent() -> None:
     assert keepalive_s > 60, "above the ALB's default idle timeout"
 
 
+def test_the_gateway_shutdown_delay_is_0_unless_config_sets_it() -> None:
+    """The preStop sleep waits out the ALB's deregistration: the app's own default delay (35 s,
+    for load balancers that only see /readyz) would only lengthen every rollout."""
+    assert render().env["LIFTOFF__SERVER__SHUTDOWN_DELAY_S"] == "0"
+    manifests = render(
+        {"config": {"server": {"shutdown_delay_s": 5}}, "terminationGracePeriodSeconds": 160}
+    )
+    assert manifests.env["LIFTOFF__SERVER__SHUTDOWN_DELAY_S"] == "5"
+
+
 def test_timings_follow_values() -> None:
     manifests = render(
         {

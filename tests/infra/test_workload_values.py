@@ -106,6 +106,7 @@ def test_refs_land_where_the_chart_reads_them() -> None:
         "upstreamApiKeyArn": refs.upstream_api_key_secret_arn,
         "redisAuthTokenArn": refs.redis_auth_token_secret_arn,
         "clientKeysArn": refs.client_keys_secret_arn,
+        "providerApiKeyArns": {},
     }
 
 

@@ -139,6 +139,29 @@ is allowed. Included by the Deployment so every render runs them.
 {{- if contains "@" (.Values.redis.url | default "") }}
 {{- include "gateway.fail" "redis.url must not contain credentials (value withheld): give host, port and db only; the AUTH token comes from secrets.redisAuthTokenArn" }}
 {{- end }}
+{{- $names := list }}
+{{- range $i, $p := .Values.providers }}
+{{- if has $p.name $names }}
+{{- include "gateway.fail" (printf "providers[%d].name (%s) is used by an earlier provider: names must be unique" $i $p.name) }}
+{{- end }}
+{{- $names = append $names $p.name }}
+{{- end }}
+{{- if .Values.providers }}
+{{- if hasKey (dig "upstream" dict .Values.config) "providers" }}
+{{- include "gateway.fail" "set providers or config.upstream.providers, not both" }}
+{{- end }}
+{{- if dig "upstream" "url" nil .Values.config }}
+{{- include "gateway.fail" "config.upstream.url must be unset when providers is set: each provider has its url" }}
+{{- end }}
+{{- end }}
+{{- range (dig "upstream" "providers" list .Values.config) }}
+{{- $names = append $names (get . "name") }}
+{{- end }}
+{{- range $name, $arn := .Values.secrets.providerApiKeyArns }}
+{{- if not (has $name $names) }}
+{{- include "gateway.fail" (printf "secrets.providerApiKeyArns.%s names no entry of providers (%s)" $name (join ", " $names | default "none")) }}
+{{- end }}
+{{- end }}
 {{- $configYaml := toYaml .Values.config }}
 {{- $secretKey := regexFind "(?im)^\\s*(-\\s+)?[\"']?[a-z0-9_-]*(api_?key|auth_?token|password|passwd|secret|client_?keys|credentials?)[\"']?\\s*:" $configYaml }}
 {{- if $secretKey }}
@@ -157,4 +180,29 @@ is allowed. Included by the Deployment so every render runs them.
 {{/* PromQL label matchers of the gateway's own series: the ServiceMonitor's job and namespace. */}}
 {{- define "gateway.promSelector" -}}
 job="{{ include "gateway.fullname" . }}",namespace="{{ .Release.Namespace }}"
+{{- end }}
+
+{{/*
+The gateway config of the ConfigMap: .Values.config, with .Values.providers (camelCase values)
+as upstream.providers in the gateway's own keys.
+*/}}
+{{- define "gateway.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- if .Values.providers }}
+{{- $providers := list }}
+{{- range .Values.providers }}
+{{- $entry := dict "name" .name "kind" .kind "url" .url "api_version" .apiVersion "auth" (.auth | default "api_key") "deployments" (.deployments | default dict) }}
+{{- with .region }}{{ $_ := set $entry "region" . }}{{ end }}
+{{- $providers = append $providers $entry }}
+{{- end }}
+{{- $upstream := deepCopy (dig "upstream" dict $config) }}
+{{- $_ := set $upstream "providers" $providers }}
+{{- $_ := set $config "upstream" $upstream }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* LIFTOFF_PROVIDER_<NAME>_API_KEY_SECRET_ARN of a provider name. */}}
+{{- define "gateway.providerKeyEnv" -}}
+{{- printf "LIFTOFF_PROVIDER_%s_API_KEY_SECRET_ARN" (. | upper | replace "-" "_") }}
 {{- end }}

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import bpe_openai
 import orjson
 
+from app.accounting import token_ids
 from app.parts import part_tokens
 
 ENCODING_NAME = "o200k_base"
@@ -37,19 +37,13 @@ before with from into over under about between through and but or so yet not onl
 """
 
 
-@lru_cache(maxsize=1)
-def encoding() -> Any:
-    """The tokenizer, loaded once per process."""
-    return bpe_openai.get_encoding(ENCODING_NAME)
-
-
 def count_tokens(text: str) -> int:
-    # Special-token text in user input is counted as plain text, as the provider does.
-    return len(encoding().encode(text, disallowed_special=()))
+    # The gateway's tokenizer (one copy per process, the in-process simulator shares it).
+    return len(token_ids(text, ENCODING_NAME))
 
 
 def _is_single_token(text: str) -> bool:
-    return len(encoding().encode(text, disallowed_special=())) == 1
+    return len(token_ids(text, ENCODING_NAME)) == 1
 
 
 @lru_cache(maxsize=1)
@@ -113,7 +107,7 @@ def prompt_token_ids(messages: Sequence[Any]) -> list[int]:
         return value
 
     text = orjson.dumps([stand_in(m) for m in messages]).decode()
-    return encoding().encode(text, disallowed_special=())
+    return token_ids(text, ENCODING_NAME)
 
 
 def content_text(value: Any) -> str:

@@ -1,0 +1,3 @@
+from app.simulator.cli import main
+
+main()
