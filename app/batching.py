@@ -33,10 +33,9 @@ class BatchSplitError(RuntimeError):
 
 @lru_cache(maxsize=1)
 def _default_counter() -> CountTokens:
-    import bpe_openai
+    from app.accounting import TokenCounter
 
-    encoding = bpe_openai.get_encoding("o200k_base")
-    return lambda text: len(encoding.encode(text, disallowed_special=()))
+    return TokenCounter(preload=()).count_text
 
 
 def is_batchable(params: dict[str, Any], prompt: object) -> bool:

@@ -132,6 +132,9 @@ class Gateway:
                 cfg.cache.max_entries, cfg.cache.ttl_s, lease_s=cfg.cache.single_flight_wait_s
             )
         self.limits = build_limit_store(cfg.limits, self.redis)
+        health = getattr(self.limits, "health", None)
+        if health is not None:
+            health.on_change = lambda degraded: self.metrics.state_degraded.set(int(degraded))
         self.flights = CacheFlights(
             self.cache,
             cfg.cache.single_flight_wait_s,

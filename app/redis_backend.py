@@ -183,6 +183,9 @@ class BackendHealth:
         self._users: dict[str, str] = {}
         self.failures_total = 0
         self.recoveries_total = 0
+        # Called with True when Redis is lost and False when it is back (e.g. to set a gauge
+        # in the worker that saw it, which a scrape served by another worker would miss).
+        self.on_change: Callable[[bool], None] | None = None
 
     def serve(self, user: str, degraded_mode: str) -> None:
         """Register a user of this Redis and what it does while Redis is down (for the logs)."""
@@ -216,6 +219,8 @@ class BackendHealth:
                 self.degraded_modes,
                 extra={"state_backend": "healthy", "outage_s": outage_s},
             )
+            if self.on_change is not None:
+                self.on_change(False)
         self._consecutive_failures = 0
         self._probing = False
 
@@ -230,6 +235,8 @@ class BackendHealth:
                 f": {reason}" if reason else "",
                 extra={"state_backend": "degraded", "degraded_modes": self.degraded_modes},
             )
+            if self.on_change is not None:
+                self.on_change(True)
         self._consecutive_failures += 1
         self._probing = False
         delay = min(self._cap, self._base * 2 ** (self._consecutive_failures - 1))

@@ -137,8 +137,6 @@ def create_app(
         return json_response(body, 200 if ready else 503)
 
     async def metrics(request: Request, ctx: Ctx) -> Response:
-        state = getattr(gateway.limits, "state", "healthy")
-        gateway.metrics.state_degraded.set(1 if state == "degraded" else 0)
         return Response(gateway.metrics.render(), media_type=gateway.metrics.content_type)
 
     async def openapi_json(request: Request, ctx: Ctx) -> Response:

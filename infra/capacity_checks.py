@@ -32,12 +32,13 @@ Problem = tuple[str, str]
 SPOT_MIN_INSTANCE_TYPES = 3
 
 # Memory the gateway holds once started: VmRSS in /proc/<pid>/status 8 s after
-# `LIFTOFF__SERVER__PORT=18321 .venv/bin/python -m app &` (Python 3.11, x86_64, 2026-12-01; default
-# config 216 MiB, with an upstream URL instead of the embedded simulator 213 MiB). With
-# LIFTOFF_WORKERS=N uvicorn spawns N such workers (216 MiB each) plus its supervisor (116 MiB) and
-# multiprocessing's resource tracker (13 MiB). test_capacity_checks re-measures it.
-GATEWAY_WORKER_START_MIB = 216
-GATEWAY_SUPERVISOR_START_MIB = 129
+# `LIFTOFF__SERVER__PORT=18321 .venv/bin/python -m app &` (Python 3.11, x86_64, 2026-12-01, after
+# the tokenizer memory work: default config 119 MiB, with an upstream URL instead of the embedded
+# simulator 117 MiB). With LIFTOFF_WORKERS=N uvicorn spawns N such workers (120 MiB each) plus its
+# supervisor (65 MiB) and multiprocessing's resource tracker (13 MiB). test_capacity_checks
+# re-measures it.
+GATEWAY_WORKER_START_MIB = 120
+GATEWAY_SUPERVISOR_START_MIB = 78
 # Head room over the start figure: RSS grew 6% over 200 requests (in-process cache, buffers), and
 # streams, batches and another architecture's wheels add more; at the limit the kernel OOM-kills.
 GATEWAY_MEMORY_MARGIN = 1.25

@@ -207,6 +207,22 @@ def mock_resource_ids(run: ProgramRun) -> dict[str, str]:
     }
 
 
+def policy_records(run: ProgramRun) -> list[ResourceRecord]:
+    """The program's resources as the policy rules see them, with the ids the mocks gave them."""
+    ids = mock_resource_ids(run)
+    return [
+        ResourceRecord(
+            type=r.type,
+            name=r.name,
+            inputs=r.inputs,
+            urn=r.urn,
+            parent=r.parent_urn or None,
+            id=ids.get(r.urn),
+        )
+        for r in run.resources
+    ]
+
+
 def _top_component(resource: RecordedResource, by_urn: Mapping[str, RecordedResource]) -> str:
     current = resource
     while current.parent_urn in by_urn:
@@ -260,20 +276,9 @@ def build_plan(stack: str, overrides: Mapping[str, str] | None = None) -> PlanRe
     assert run.settings is not None
     settings = run.settings
     by_urn = {r.urn: r for r in run.resources}
-    ids = mock_resource_ids(run)
     secrets, redacted = _secret_values(run, settings)
 
-    records = [
-        ResourceRecord(
-            type=r.type,
-            name=r.name,
-            inputs=r.inputs,
-            urn=r.urn,
-            parent=r.parent_urn or None,
-            id=ids.get(r.urn),
-        )
-        for r in run.resources
-    ]
+    records = policy_records(run)
     verdicts = evaluate(records, _context(run, settings, stack))
     planned = [
         PlannedResource(

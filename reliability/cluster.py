@@ -51,6 +51,7 @@ class Timings:
     ttft_ms: float = 150.0  # first token of a hosted model under light load
     token_ms: float = 8.0
     timeout_read_s: float = 1.5  # small, so the hung-upstream phase ends in seconds
+    queue_timeout_s: float = 5.0  # upstream.queue_timeout_s: the longest wait for a model's slot
     max_attempts: int = 3
     retry_base_s: float = 0.05
     retry_cap_s: float = 0.5
@@ -59,13 +60,11 @@ class Timings:
     timeout_fault_s: float = 20.0  # how long the simulator's "timeout" fault hangs
 
     def worst_case_s(self) -> float:
-        """The longest a request may take when every attempt times out: each attempt's read
-        timeout plus the capped back-off between them, plus a second of scheduling slack."""
-        return (
-            self.max_attempts * self.timeout_read_s
-            + (self.max_attempts - 1) * (self.retry_cap_s)
-            + 1.0
-        )
+        """The longest the configured timeouts let a request take when the provider hangs: each
+        attempt may wait for a concurrency slot, then for the read timeout; the capped back-off
+        between attempts; a second of scheduling slack."""
+        attempt = self.queue_timeout_s + self.timeout_read_s
+        return self.max_attempts * attempt + (self.max_attempts - 1) * self.retry_cap_s + 1.0
 
 
 @dataclass
@@ -182,6 +181,7 @@ def gateway_config(simulator_url: str, redis_url: str, replicas: int, timings: T
         "upstream": {
             "url": simulator_url,
             "timeout_read_s": timings.timeout_read_s,
+            "queue_timeout_s": timings.queue_timeout_s,
             "retry": {
                 "max_attempts": timings.max_attempts,
                 "base_s": timings.retry_base_s,
@@ -210,6 +210,8 @@ def haproxy_config(port: int, gateways: list[Gateway]) -> str:
 defaults
     mode http
     timeout connect 2s
+    # A check answer may be slow on a loaded gateway; a draining one answers 503 at once.
+    timeout check 2s
     timeout client 60s
     timeout server 60s
     retries 0

@@ -258,15 +258,17 @@ def gcra_allowance(limit: int, seconds: float) -> float:
 
 def _limited_key_check(phase: Phase, cluster: Cluster, info: dict[str, Any]) -> None:
     """The rpm-limited key against what the limiter documents: Redis's bucket before the
-    outage, each replica's local bucket of limit / local_fallback_replicas during it, and a new
-    bucket after it (the restarted server kept no state)."""
+    outage, each replica's local bucket of limit / local_fallback_replicas until it uses Redis
+    again, and a new bucket after (the restarted server kept no state)."""
     limited = [o for o in phase.outcomes if o.spec.tag == "limited" and o.status == 200]
     replicas = len(cluster.gateways)
     local = max(1, LIMITED_RPM // replicas)
     end = max(o.ended for o in phase.outcomes)
+    # The gateways decide locally from Redis's stop until each probed it again and found it.
+    back = info["recovered"] or end
     before = info["down"] - phase.started
-    outage = info["up"] - info["down"]
-    after = end - info["up"]
+    outage = back - info["down"]
+    after = end - back
     allowance = (
         gcra_allowance(LIMITED_RPM, before)
         + replicas * gcra_allowance(local, outage)

@@ -205,14 +205,15 @@ def test_the_memory_limit_must_hold_the_started_gateway() -> None:
 
 
 def test_each_gateway_worker_is_a_process_with_its_own_memory() -> None:
-    # Two workers and their supervisor do not start in the default 512Mi.
-    assert gateway_memory_floor_mib(2) > 512
-    found = problems({"liftoff:gatewayWorkers": "2"})
+    # Two workers and their supervisor fit in the default 512Mi; three do not.
+    assert gateway_memory_floor_mib(2) <= 512 < gateway_memory_floor_mib(3)
+    assert not problems({"liftoff:gatewayWorkers": "2"})
+    found = problems({"liftoff:gatewayWorkers": "3"})
     assert len(found) == 1 and found[0].startswith(
-        f"liftoff:podMemoryLimit = 512Mi: at least {gateway_memory_floor_mib(2)}Mi with "
-        "liftoff:gatewayWorkers=2"
+        f"liftoff:podMemoryLimit = 512Mi: at least {gateway_memory_floor_mib(3)}Mi with "
+        "liftoff:gatewayWorkers=3"
     )
-    assert not problems({"liftoff:gatewayWorkers": "2", "liftoff:podMemoryLimit": "1Gi"})
+    assert not problems({"liftoff:gatewayWorkers": "3", "liftoff:podMemoryLimit": "1Gi"})
 
 
 def _free_port() -> int:
