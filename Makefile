@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: plan preflight verify capacity serve simulator test test-infra test-app test-charts bench soak reliability lint format image helm lock clean
+.PHONY: plan preflight verify capacity serve simulator test test-infra test-app test-charts bench soak reliability chart-scan checkov lint format image helm lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,10 @@ simulator: $(STAMP)  ## the OpenAI-compatible provider simulator on its own
 helm:
 	@scripts/ensure-helm >/dev/null
 
-test: $(STAMP) helm  ## the whole suite
+checkov:  ## checkov (the chart's hardening scan) in its own venv, .tools/checkov-venv
+	@scripts/ensure-checkov >/dev/null
+
+test: $(STAMP) helm checkov  ## the whole suite
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest $(ARGS)
 
 test-infra: $(STAMP)
@@ -44,7 +47,7 @@ test-infra: $(STAMP)
 test-app: $(STAMP)
 	$(PY) -m pytest tests/app $(ARGS)
 
-test-charts: $(STAMP) helm
+test-charts: $(STAMP) helm checkov
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest tests/charts $(ARGS)
 
 bench: $(STAMP)  ## load benchmark of the gateway, with ratios to a bare proxy; writes bench/results.json
@@ -53,8 +56,11 @@ bench: $(STAMP)  ## load benchmark of the gateway, with ratios to a bare proxy; 
 soak: $(STAMP)  ## 5-minute memory soak of the gateway (RSS may grow <= 5%); writes bench/soak.json
 	$(PY) -m bench.soak $(ARGS)
 
-reliability: $(STAMP)  ## faults under load through HAProxy (needs haproxy) + accounting checks; writes reliability/report.json
+reliability: $(STAMP) chart-scan  ## faults under load through HAProxy (needs haproxy) + accounting checks; writes reliability/report.json
 	$(PY) -m reliability $(ARGS)
+
+chart-scan: $(STAMP) helm checkov  ## checkov's Kubernetes checks on the rendered chart, default and prod values
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest -q tests/charts/test_checkov.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -93,6 +93,16 @@ class RateLimited(GatewayError):
         self.headers = headers
 
 
+class RequestTooLarge(GatewayError):
+    """More tokens than the key's tokens-per-minute limit admits at once: no retry can succeed."""
+
+    def __init__(self, limit: int, burst: int, requested: int) -> None:
+        super().__init__(requested)
+        self.limit = limit
+        self.burst = burst
+        self.requested = requested
+
+
 class ContentFlagged(GatewayError):
     """The moderation check flagged the input."""
 
@@ -247,6 +257,17 @@ def to_api_error(exc: BaseException) -> ApiError:
         case MethodNotAllowed():
             return ApiError(
                 405, "Method not allowed on this route.", "invalid_request_error", None, None
+            )
+        case RequestTooLarge():
+            return ApiError(
+                429,
+                f"Request too large for tokens per min (TPM) on this key: Limit {exc.limit}, at "
+                f"most {exc.burst} at once, Requested {exc.requested} (the prompt and the "
+                "completion cap). The input or output tokens must be reduced in order to run "
+                "successfully.",
+                "tokens",
+                None,
+                "rate_limit_exceeded",
             )
         case RateLimited():
             headers = dict(exc.headers) | _retry_after(exc.retry_after_s)

@@ -219,6 +219,20 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        unread_body = self._in_body
+        super().on_response_complete()
+        if unread_body and not self._refused and not self.transport.is_closing():
+            # The app answered before the request's body ended (413, 401, 415 ...): the rest is
+            # never wanted. Half-close after the answer, drop what still comes for LINGER_S so
+            # the client reads the answer rather than a reset, then close.
+            self._refused = True
+            self._cancel_deadline()
+            self._unset_keepalive_if_required()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+
     # --- read deadlines ----------------------------------------------------------------------
 
     def _arm_deadline(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from app.gcra import BurstFractions, remaining_after
+from app.gcra import Bucket, BurstFractions, remaining_after
 from app.limits import KeyPolicy, format_duration
 from app.upstream import parse_duration
 
@@ -23,6 +23,13 @@ class LimitView:
         # Per key name (bounded by the configured keys): when this process last saw an admission
         # of that key, its x-ratelimit-* headers and budget left.
         self.seen: dict[str, tuple[float, dict[str, str], float | None]] = {}
+
+    def tokens_at_once(self, key_name: str) -> tuple[int, int] | None:
+        """(tpm, the most tokens one request may reserve) of the key; None without a tpm."""
+        policy = self.policies.get(key_name)
+        if policy is None or policy.tpm is None:
+            return None
+        return policy.tpm, Bucket.of(policy.tpm, self.bursts.tokens).burst
 
     def remember(self, key_name: str, headers: dict[str, str], budget_left: float | None) -> None:
         self.seen[key_name] = (time.monotonic(), headers, budget_left)

@@ -33,6 +33,7 @@ from app.errors import (
     ContentFlagged,
     NotReady,
     RateLimited,
+    RequestTooLarge,
     StateUnavailable,
     StreamInterrupted,
     UpstreamError,
@@ -147,6 +148,9 @@ class Pipeline:
         else:
             mode = self.cache_mode(ctx, cache_mod.is_deterministic(canonical))
         output_tokens = parsed.worst_case_output_tokens
+        tpm = self.view.tokens_at_once(key.name)
+        if tpm is not None and total_prompt + output_tokens > tpm[1]:
+            raise RequestTooLarge(tpm[0], tpm[1], total_prompt + output_tokens)
         worst = self.prices.worst_case(parsed.model, total_prompt, output_tokens)
         budgets = self.config.budgets
         admit = self.limits.admit(

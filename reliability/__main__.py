@@ -31,7 +31,7 @@ class Plan:
     accounting_gateways: int = 4
 
 
-SHORT = Plan(rate=50, phase_s=4, restart_s=60)
+SHORT = Plan(rate=50, phase_s=3, restart_s=60)
 FULL = Plan(rate=200, phase_s=25, restart_s=90)
 
 

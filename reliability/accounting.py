@@ -20,14 +20,14 @@ from typing import Any
 from app.config import load_config
 from reliability import load
 from reliability.cluster import Cluster
-from reliability.faults import USAGE_FIELDS, token, usage_of
+from reliability.faults import gcra_allowance
 from reliability.load import Outcome, Spec
+from reliability.usage import USAGE_FIELDS, settled_usage, token, usage_of
 
 RPM_KEY = "acct-rpm"
 BUDGET_KEY = "acct-budget"
 USAGE_KEY = "acct-usage"
 RPM = 120
-BURST_FRACTION = 0.1  # limits.rpm_burst_fraction, the default the run keeps
 BUDGET_USD = 0.004
 BUDGET_MODEL = "smart"  # gpt-4o-2024-08-06: the priciest default, so the budget binds fast
 BUDGET_MAX_TOKENS = 100
@@ -48,8 +48,7 @@ def urls(cluster: Cluster) -> list[str]:
 
 
 def rpm_bound(t_s: float) -> float:
-    burst = max(1, math.floor(BURST_FRACTION * RPM))
-    return burst + (RPM + 1 - burst) * t_s / 60
+    return gcra_allowance(RPM, t_s)
 
 
 def worst_rpm_interval(accepted: list[Outcome]) -> dict[str, Any]:
@@ -124,8 +123,7 @@ async def budget_bursts(cluster: Cluster, bursts: int, size: int) -> dict[str, A
             body |= {"model": BUDGET_MODEL, "max_tokens": BUDGET_MAX_TOKENS}
             specs.append(Spec("chat", False, body, token(BUDGET_KEY)))
         outcomes += await load.burst(urls(cluster), specs)
-    await asyncio.sleep(1.0)  # settlements are written after the answers
-    spent = usage_of(cluster, BUDGET_KEY)["cost_usd"]
+    spent = (await settled_usage(cluster, BUDGET_KEY))["cost_usd"]
     input_price, output_price, _ = _price(BUDGET_MODEL)
     prompt = max((o.usage or {}).get("prompt_tokens", 0) for o in outcomes)
     worst = (prompt * input_price + BUDGET_MAX_TOKENS * output_price) / 1e6
@@ -175,8 +173,7 @@ async def usage_bursts(cluster: Cluster, bursts: int, size: int) -> dict[str, An
     outcomes: list[Outcome] = []
     for b in range(bursts):
         outcomes += await load.burst(urls(cluster), [_mix(b * size + i) for i in range(size)])
-    await asyncio.sleep(1.0)
-    after = usage_of(cluster, USAGE_KEY)
+    after = await settled_usage(cluster, USAGE_KEY)
     delta = {name: after[name] - before[name] for name in USAGE_FIELDS}
     ok = [o for o in outcomes if o.succeeded]
     prompt = sum(answered_usage(o)[0] for o in ok)

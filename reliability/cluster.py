@@ -37,11 +37,12 @@ SIMULATOR_HEADERS = (
     "x-simulator-tokens",
 )
 # HAProxy health checks: every CHECK_INTER_MS, down after CHECK_FALL failures, up after CHECK_RISE
-# successes. The gateway's shutdown delay must outlast inter x fall (plus a check in flight).
+# successes. The gateway's shutdown delay must outlast inter x fall, plus the event-loop lag of a
+# loaded gateway answering the check.
 CHECK_INTER_MS = 250
-CHECK_FALL = 2
+CHECK_FALL = 3
 CHECK_RISE = 2
-SHUTDOWN_DELAY_S = 1.5
+SHUTDOWN_DELAY_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -210,8 +211,9 @@ def haproxy_config(port: int, gateways: list[Gateway]) -> str:
 defaults
     mode http
     timeout connect 2s
-    # A check answer may be slow on a loaded gateway; a draining one answers 503 at once.
-    timeout check 2s
+    # A check answer may be slow on a loaded gateway (the ALB's default timeout: 5 s); a
+    # draining one answers 503 at once, so drains are seen after inter x fall all the same.
+    timeout check 5s
     timeout client 60s
     timeout server 60s
     retries 0

@@ -17,6 +17,7 @@ from typing import Any
 from reliability import load
 from reliability.cluster import CHECK_INTER_MS, CHECK_RISE, Cluster
 from reliability.load import Outcome, Spec
+from reliability.usage import settled_usage, token, usage_of
 
 LOAD_KEY = "rel-load"
 LIMITED_KEY = "rel-limited"
@@ -30,16 +31,8 @@ BUDGET_RATIO = 0.2
 BUDGET_MIN_PER_S = 1.0
 BUDGET_WINDOW_S = 10.0
 BURST_FRACTION = 0.1  # limits.rpm_burst_fraction default
-USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "requests", "cache_hits", "cost_usd")
 EXHAUSTED = "liftoff_upstream_retry_budget_exhausted_total"
 _CIRCUIT = re.compile(r'"msg":"circuit (open|half_open|closed)"')
-
-
-def token(name: str) -> str:
-    return f"lk-{name}-{TOKEN_SUFFIX}"
-
-
-TOKEN_SUFFIX = uuid.uuid4().hex[:12]
 
 
 def client_keys() -> list[dict[str, Any]]:
@@ -140,10 +133,6 @@ async def run_phase(
     if phase.unexplained:
         phase.problems.append(f"{len(phase.unexplained)} unexplained errors")
     return phase, info
-
-
-def _in_window(outcome: Outcome, start: float, end: float) -> bool:
-    return start <= outcome.started and outcome.ended <= end
 
 
 def _faulted(
@@ -496,8 +485,9 @@ async def stream_cut(cluster: Cluster, rate: float, duration_s: float, seed: int
     no_error_event = [o for o in cut if o.status == 200 and o.complete and not o.stream_error]
     if no_error_event:
         phase.problems.append(f"{len(no_error_event)} cut streams ended without an error event")
-    await asyncio.sleep(1.0)  # settlements are written after the response
-    usage_after = await asyncio.to_thread(usage_of, cluster, CUT_KEY)
+    usage_after = await settled_usage(cluster, CUT_KEY)
+    await asyncio.sleep(2.0)  # a settlement later than that is as good as lost: count it apart
+    usage_late = await asyncio.to_thread(usage_of, cluster, CUT_KEY)
     billed = usage_after["completion_tokens"] - usage_before["completion_tokens"]
     delivered = sum(o.content_tokens for o in cut)
     relayed_chunks = sum(o.chunks if o.spec.kind == "chat" else o.content_tokens for o in cut)
@@ -507,26 +497,20 @@ async def stream_cut(cluster: Cluster, rate: float, duration_s: float, seed: int
         "tokens_delivered": delivered,
         "chunks_relayed": relayed_chunks,
         "billed_requests": usage_after["requests"] - usage_before["requests"],
+        "billed_requests_2s_later": usage_late["requests"] - usage_before["requests"],
     }
+    answered = sum(o.status == 200 for o in cut)
+    if usage_late["requests"] - usage_before["requests"] != answered:
+        phase.problems.append(
+            f"{answered} cut streams answered, {usage_late['requests'] - usage_before['requests']}"
+            " billed (settled usage requests)"
+        )
     if billed > delivered:
         phase.problems.append(
             f"cut streams billed {billed} completion tokens for {delivered} generated "
             f"({relayed_chunks} chunks relayed, role-only chunks included)"
         )
     return phase
-
-
-def usage_of(cluster: Cluster, key_name: str) -> dict[str, float]:
-    """The key's month totals (every model), read from one gateway."""
-    from bench.stack import http_json
-
-    body = http_json(
-        f"{cluster.gateways[0].base}/v1/usage",
-        {"authorization": f"Bearer {token(key_name)}"},
-    )
-    spent = body.get("usage") or {}
-    totals = {name: spent.get(name, 0) for name in USAGE_FIELDS}
-    return totals
 
 
 async def rolling_restart(cluster: Cluster, rate: float, duration_s: float, seed: int) -> Phase:

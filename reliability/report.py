@@ -48,6 +48,7 @@ def phase_entry(phase: Phase) -> dict[str, Any]:
                 ).items()
             )
         ),
+        "lost_by_detail": dict(Counter(f"{o.status} {o.detail[:70]}" for o in lost).most_common(8)),
         "checks": phase.checks,
         "problems": phase.problems,
         "examples": [
