@@ -175,6 +175,12 @@ class Metrics:
             multiprocess_mode="livemax",  # each worker has its own breaker: the worst one
             registry=r,
         )
+        self.circuit_transitions = Counter(
+            "liftoff_circuit_transitions_total",
+            "Circuit breaker state changes per model, by the state entered.",
+            ["model", "state"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "liftoff_rate_limit_rejections_total",
             "Requests refused by our limits, by reason.",
@@ -244,6 +250,11 @@ class Metrics:
 
     def set_circuit(self, model: str, state: str) -> None:
         self.circuit_state.labels(model).set(BREAKER_STATES[state])
+
+    def circuit_changed(self, model: str, state: str) -> None:
+        """A breaker entered `state`: the gauge and the transitions counter."""
+        self.set_circuit(model, state)
+        self.circuit_transitions.labels(model, state).inc()
 
     def render(self) -> bytes:
         """The exposition text: this process' registry, or with several workers the group's."""

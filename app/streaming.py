@@ -31,6 +31,19 @@ def error_event(error: ApiError) -> bytes:
     return sse(error.payload())
 
 
+_OUTPUT_FIELDS = ("content", "refusal", "tool_calls", "function_call")
+
+
+def _generated(choice: Any) -> bool:
+    """Whether a stream chunk's choice carries generated output (not only a role or a reason)."""
+    if not isinstance(choice, dict):
+        return False
+    if choice.get("text"):
+        return True
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and any(delta.get(name) for name in _OUTPUT_FIELDS)
+
+
 @dataclass(slots=True)
 class StreamRelay:
     """Per-stream state: what to forward, the usage seen, and the answer assembled so far."""
@@ -69,7 +82,8 @@ class StreamRelay:
             self.usage = chunk["usage"]
             if not choices and not self.client_wants_usage:
                 return None
-        self.chunks += 1
+        if choices and any(_generated(choice) for choice in choices):
+            self.chunks += 1  # what a cut stream is billed for: chunks that carried output
         if self.keep_for_cache and choices:
             self._assemble(chunk, choices, len(event))
         return event + b"\n\n"

@@ -309,7 +309,7 @@ class UpstreamClient:
                 model,
                 self.provider_for(model),
                 CircuitBreaker(
-                    model, cfg.failure_threshold, cfg.reset_after_s, self.metrics.set_circuit
+                    model, cfg.failure_threshold, cfg.reset_after_s, self.metrics.circuit_changed
                 ),
                 ConcurrencyQueue(
                     model,

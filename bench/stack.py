@@ -223,7 +223,8 @@ def stack(
             running.redis = f"in-process cache and limiter ({reason})"
         gw_port = free_port()
         config = {
-            "server": {"host": "127.0.0.1", "port": gw_port},
+            # No load balancer to drain from: stop at once when the run ends.
+            "server": {"host": "127.0.0.1", "port": gw_port, "shutdown_delay_s": 0},
             "upstream": {"url": sim_url},
             "redis": {"url": redis_url},
         }
