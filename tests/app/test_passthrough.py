@@ -169,7 +169,7 @@ def test_request_and_response_bodies_stream_without_buffering(recorder):
 
 
 def test_per_route_body_limits(recorder):
-    provider, provider_url = recorder
+    _, provider_url = recorder
     with gateway(provider_url) as url:
         headers = {"authorization": f"Bearer {ALICE}", "content-type": "application/json"}
         # JSON-only families take server.max_body_bytes (1 MiB by default).
@@ -187,7 +187,7 @@ def test_per_route_body_limits(recorder):
 
 
 def test_usage_in_an_answer_is_accounted_and_limits_apply(recorder):
-    provider, provider_url = recorder
+    _, provider_url = recorder
     keys = client_keys_json(alice={"rpm": 1})
     with gateway(provider_url, {"LIFTOFF_CLIENT_KEYS": keys}) as url:
         headers = {"authorization": f"Bearer {ALICE}"}
