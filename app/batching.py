@@ -10,10 +10,10 @@ totals exactly.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -79,13 +79,63 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
     return shares
 
 
+B = TypeVar("B")
+
+
+class WindowedBatches(Generic[B]):
+    """Open batches by key, each sent (`flush`) when its window ends or it is closed sooner,
+    and the sends in flight; shared by the completion and the embedding batchers."""
+
+    def __init__(
+        self, window_s: float, max_open: int, flush: Callable[[B], Awaitable[None]]
+    ) -> None:
+        self.window_s = window_s
+        self._max_open = max_open
+        self._flush = flush
+        self._open: dict[Hashable, tuple[B, asyncio.TimerHandle]] = {}
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def get(self, key: Hashable) -> B | None:
+        entry = self._open.get(key)
+        return None if entry is None else entry[0]
+
+    def open(self, key: Hashable, batch: B) -> bool:
+        """Open `batch` under `key` for one window; False when too many are open already (the
+        caller then sends alone rather than wait: the set stays bounded)."""
+        if len(self._open) >= self._max_open:
+            return False
+        timer = asyncio.get_running_loop().call_later(self.window_s, self.close, key, batch)
+        self._open[key] = (batch, timer)
+        return True
+
+    def close(self, key: Hashable, batch: B) -> None:
+        """Send `batch` now, unless it already left (its window ended or it filled up)."""
+        entry = self._open.get(key)
+        if entry is None or entry[0] is not batch:
+            return
+        del self._open[key]
+        entry[1].cancel()
+        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def drain(self) -> None:
+        """Send every open batch now and wait for all the sends (graceful shutdown)."""
+        for key, (batch, _) in list(self._open.items()):
+            self.close(key, batch)
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
 @dataclass
 class _Batch:
     model: str
     params: dict[str, Any]
     prompts: list[str] = field(default_factory=list)
     waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
 
 
 class CompletionBatcher:
@@ -107,9 +157,9 @@ class CompletionBatcher:
         self.max_batch = max_batch
         self._send = send
         self._count_tokens = count_tokens
-        self._max_open_batches = max_open_batches
-        self._open: dict[tuple[str, bytes], _Batch] = {}
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._batches: WindowedBatches[_Batch] = WindowedBatches(
+            self.window_s, max_open_batches, self._flush
+        )
         # Counters: callers served, calls made upstream, prompts that went out in shared calls.
         self.requests_in = 0
         self.upstream_calls = 0
@@ -125,7 +175,7 @@ class CompletionBatcher:
             "upstream_calls": self.upstream_calls,
             "prompts_batched": self.prompts_batched,
             "calls_saved": self.calls_saved,
-            "open_batches": len(self._open),
+            "open_batches": len(self._batches),
         }
 
     async def submit(self, model: str, params: dict[str, Any], prompt: str) -> dict[str, Any]:
@@ -134,43 +184,27 @@ class CompletionBatcher:
         if not is_batchable(params, prompt) or self.max_batch == 1:
             return await self._send_alone(model, params, prompt)
         key = (model, canonical_params(params))
-        batch = self._open.get(key)
+        batch = self._batches.get(key)
         if batch is None:
-            if len(self._open) >= self._max_open_batches:
+            batch = _Batch(model, params)
+            if not self._batches.open(key, batch):
                 # Too many distinct parameter sets at once: stay bounded, don't wait.
                 return await self._send_alone(model, params, prompt)
-            batch = _Batch(model, params)
-            self._open[key] = batch
-            loop = asyncio.get_running_loop()
-            batch.timer = loop.call_later(self.window_s, self._close, key, batch)
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         batch.prompts.append(prompt)
         batch.waiters.append(waiter)
         if len(batch.prompts) >= self.max_batch:
-            self._close(key, batch)
+            self._batches.close(key, batch)
         # A cancelled caller cancels only its own future; the batch goes on for the others.
         return await waiter
 
     async def close(self) -> None:
         """Send every open batch now and wait for all upstream calls (graceful shutdown)."""
-        for key, batch in list(self._open.items()):
-            self._close(key, batch)
-        while self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._batches.drain()
 
     async def _send_alone(self, model: str, params: dict[str, Any], prompt: str) -> dict[str, Any]:
         self.upstream_calls += 1
         return await self._send(model, params, [prompt])
-
-    def _close(self, key: tuple[str, bytes], batch: _Batch) -> None:
-        if self._open.get(key) is not batch:
-            return  # already flushed (filled up before its window ended)
-        del self._open[key]
-        if batch.timer is not None:
-            batch.timer.cancel()
-        task = asyncio.get_running_loop().create_task(self._flush(batch))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
 
     async def _flush(self, batch: _Batch) -> None:
         # Callers that gave up before the window closed don't cost tokens.

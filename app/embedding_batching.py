@@ -16,12 +16,11 @@ from typing import Any
 
 import orjson
 
-from app.batching import BatchSplitError, apportion
+from app.batching import MAX_OPEN_BATCHES, BatchSplitError, WindowedBatches, apportion
 
 # What one provider request may carry (OpenAI's documented limits for /v1/embeddings).
 MAX_INPUTS_PER_REQUEST = 2048
 MAX_TOKENS_PER_REQUEST = 300_000
-MAX_OPEN_BATCHES = 1024
 
 SendEmbeddings = Callable[[str, dict[str, Any], list[Any]], Awaitable[dict[str, Any]]]
 
@@ -42,7 +41,6 @@ class _Batch:
     inputs: list[Any] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     callers: list[tuple[int, int, asyncio.Future[EmbeddingResult]]] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
 
 
 class EmbeddingBatcher:
@@ -60,9 +58,9 @@ class EmbeddingBatcher:
         self.max_inputs = max_inputs
         self.max_tokens = max_tokens
         self._send = send
-        self._max_open = max_open_batches
-        self._open: dict[tuple[str, bytes], _Batch] = {}
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._batches: WindowedBatches[_Batch] = WindowedBatches(
+            self.window_s, max_open_batches, self._flush
+        )
         self.requests_in = 0
         self.upstream_calls = 0
 
@@ -72,34 +70,26 @@ class EmbeddingBatcher:
         """The vectors of `inputs`, as if this caller had called the provider alone."""
         self.requests_in += 1
         key = (model, orjson.dumps(params, option=orjson.OPT_SORT_KEYS))
-        batch = self._open.get(key)
+        batch = self._batches.get(key)
         if batch is not None and not self._fits(batch, inputs, tokens):
-            self._close(key, batch)  # full: it leaves now, this caller opens the next one
+            self._batches.close(key, batch)  # full: it leaves now, this caller opens the next one
             batch = None
         if batch is None:
-            if len(self._open) >= self._max_open or not self._fits(
-                _Batch(model, params), inputs, tokens
-            ):
+            batch = _Batch(model, params)
+            if not self._fits(batch, inputs, tokens) or not self._batches.open(key, batch):
                 return await self._alone(model, params, inputs, tokens)
-            batch = self._open[key] = _Batch(model, params)
-            batch.timer = asyncio.get_running_loop().call_later(
-                self.window_s, self._close, key, batch
-            )
         waiter: asyncio.Future[EmbeddingResult] = asyncio.get_running_loop().create_future()
         batch.callers.append((len(batch.inputs), len(inputs), waiter))
         batch.inputs.extend(inputs)
         batch.tokens.extend(tokens)
         if len(batch.inputs) >= self.max_inputs:
-            self._close(key, batch)
+            self._batches.close(key, batch)
         # A cancelled caller cancels only its own future; the batch goes on for the others.
         return await waiter
 
     async def close(self) -> None:
         """Send every open batch now and wait for the calls (graceful shutdown)."""
-        for key, batch in list(self._open.items()):
-            self._close(key, batch)
-        while self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._batches.drain()
 
     def _fits(self, batch: _Batch, inputs: list[Any], tokens: list[int]) -> bool:
         return (
@@ -113,16 +103,6 @@ class EmbeddingBatcher:
         self.upstream_calls += 1
         response = await self._send(model, params, inputs)
         return split(response, [(0, len(inputs))], tokens, model)[0]
-
-    def _close(self, key: tuple[str, bytes], batch: _Batch) -> None:
-        if self._open.get(key) is not batch:
-            return  # already sent
-        del self._open[key]
-        if batch.timer is not None:
-            batch.timer.cancel()
-        task = asyncio.get_running_loop().create_task(self._flush(batch))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
 
     async def _flush(self, batch: _Batch) -> None:
         # Callers that gave up before the window closed cost nothing.
