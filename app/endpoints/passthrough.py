@@ -250,19 +250,8 @@ def _account(
     model, tokens = usage
     resolved = gateway.config.models.resolve(model) if model else None
     cost = gateway.prices.cost_of(resolved, tokens) if resolved in gateway.prices else 0.0
-    if reservation is not None:
-        gateway.after(
-            gateway.limits.settle(
-                reservation,
-                cost,
-                tokens.prompt,
-                tokens.completion,
-                False,
-                0.0,
-                tokens.cached_input,
-                tokens.reasoning,
-            )
-        )
+    if reservation is not None and gateway.pipeline is not None:
+        gateway.pipeline.settle(reservation, tokens, cost)
     gateway.metrics.count_usage(ctx.key, resolved or ctx.route, tokens, cost)
 
 
