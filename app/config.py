@@ -198,6 +198,13 @@ class UpstreamConfig(_Section):
     # Longest wait for one of those slots; a call that cannot expect one in time is shed at once
     # (503 overloaded + Retry-After), see app/overload.py.
     queue_timeout_s: float = Field(5, gt=0, le=600)
+    # The longest one request may spend on a model's provider calls in all: slot waits, attempts,
+    # back-offs and fallbacks (for a stream: until its first event). Past it no new attempt
+    # starts and the one under way is cut: 504 upstream_timeout. Set it under the load
+    # balancer's idle timeout so the client gets this answer, not the balancer's own 504.
+    deadline_s: float = Field(
+        180, gt=0, le=3600, description="provider calls of one request in all, retries included"
+    )
     moderation: ModerationConfig = ModerationConfig()
     forward_headers: tuple[str, ...] = Field(
         (), description="client request headers passed on to the provider (lower-case names)"

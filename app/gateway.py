@@ -168,6 +168,8 @@ class Gateway:
             await asyncio.wait_for(self.flush(), timeout=5)
         if self.upstream is not None:
             await self.upstream.close()
+        if self.limits is not None:
+            await self.limits.aclose()  # settlements still waiting for Redis get one more try
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose()

@@ -227,6 +227,9 @@ class MemoryLimitStore:
             data.reserved[key] = max(0.0, data.reserved[key] - reservation.amount_usd)
             data.global_reserved = max(0.0, data.global_reserved - reservation.amount_usd)
 
+    async def aclose(self) -> None:
+        return None
+
     async def usage(self, key_id: str | None, month: str) -> dict:
         data = self._months.get(month) or _Month()
         key_ids = sorted(set(data.spent) | set(data.usage)) if key_id is None else [key_id]

@@ -27,7 +27,13 @@ from app.limits_decisions import (
     settle_increments,
     tpm_tokens_used,
 )
-from app.limits_types import MONTH_RETENTION_S, Admission, KeyPolicy, Reservation
+from app.limits_types import (
+    MONTH_RETENTION_S,
+    SETTLED_MARKER_TTL_S,
+    Admission,
+    KeyPolicy,
+    Reservation,
+)
 from app.redis_backend import register_script, unavailable_on_error
 
 _LUA_DIR = Path(__file__).parent / "lua"
@@ -40,7 +46,9 @@ class RedisLimitStore:
     stamp, generation; expiring when the bucket is empty again); per month `{p}:spent:{month}`
     and `{p}:reserved:{month}` hashes by key id plus `...:total` strings for the global budget,
     `{p}:usage:{month}:{key_id}` hashes of `metric:model` counters and the
-    `{p}:usage:{month}:keys` index set, all expiring `retention_s` after their last write.
+    `{p}:usage:{month}:keys` index set, all expiring `retention_s` after their last write;
+    `{p}:settled:{reservation id}` markers, so that a settlement or release sent again after a
+    lost answer counts once (expiring after SETTLED_MARKER_TTL_S).
     """
 
     def __init__(
@@ -87,6 +95,9 @@ class RedisLimitStore:
             used,
             *((mark.birth_us, mark.at_us, mark.level, mark.refunded) if mark else (-1, 0, 0, 0)),
         ]
+
+    def _marker(self, reservation: Reservation) -> str:
+        return f"{self._prefix}:settled:{reservation.id}"
 
     def _month_keys(self, month: str) -> list[str]:
         p = self._prefix
@@ -181,12 +192,14 @@ class RedisLimitStore:
             f"{self._prefix}:usage:{month}:{key}",
             f"{self._prefix}:usage:{month}:keys",
             f"{self._prefix}:bucket:tok:{key}",
+            self._marker(reservation),
         ]
         args: list[str | int] = [
             key,
             repr(float(reservation.amount_usd)),
             repr(float(actual_usd)),
             self._retention_s,
+            SETTLED_MARKER_TTL_S,
             len(ints),
             *self._token_args(reservation, used),
             self._now_arg(),
@@ -204,16 +217,20 @@ class RedisLimitStore:
             return
         if reservation.amount_usd or (reservation.tpm and reservation.tokens):
             keys = self._month_keys(reservation.month)[::2]  # the two "reserved" keys
-            keys.append(f"{self._prefix}:bucket:tok:{reservation.key_id}")
+            keys += [f"{self._prefix}:bucket:tok:{reservation.key_id}", self._marker(reservation)]
             args = [
                 reservation.key_id,
                 repr(float(reservation.amount_usd)),
                 *self._token_args(reservation, 0),
                 self._now_arg(),
+                SETTLED_MARKER_TTL_S,
             ]
             with unavailable_on_error("release"):
                 await self._release(keys=keys, args=args)
         reservation.close()
+
+    async def aclose(self) -> None:
+        return None  # the Redis client belongs to the gateway
 
     async def usage(self, key_id: str | None, month: str) -> dict:
         p = self._prefix

@@ -1,6 +1,6 @@
 """`ResilientLimitStore`: the Redis store with a policy for when Redis is unreachable (decide
 locally with `local_share` of each limit, admit everything, or refuse), and the replay of
-settlements Redis could not take.
+settlements Redis could not take, so that the shared usage and spend miss nothing.
 
 Separate from both stores because it holds neither state nor decisions of its own: only which
 store decides, and where each reservation's settlement goes.
@@ -9,12 +9,15 @@ store decides, and where each reservation's settlement goes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from app.accounting import month_key
 from app.limits_types import Admission, FailureMode, KeyPolicy, LimitStore, Reservation
 from app.redis_backend import BackendHealth, BackendUnavailable
 
@@ -43,9 +46,12 @@ class ResilientLimitStore:
     "open": admit everything (limits and budgets off until Redis is back);
     "closed": raise BackendUnavailable (the server answers 503).
     Redis is skipped for a back-off period after a failure and probed to recover (BackendHealth).
-    Settlements of reservations made by one store go back to that store; those that Redis could
-    not take are kept (bounded) and replayed once it answers again, so that reservations made
-    before an outage do not stay held against the budgets.
+    Settlements of reservations made by one store go back to that store; a request decided
+    without Redis (local or open) is also recorded in Redis (its spend and usage, not its rate
+    limits), so `/v1/usage` and the budgets count it once Redis is back. Whatever Redis could not
+    take is kept (bounded, `max_pending`) and replayed in the background as soon as Redis answers
+    again, traffic or not; each settlement counts once even when sent again after a lost answer
+    (the Redis store's settled markers).
     """
 
     def __init__(
@@ -106,6 +112,8 @@ class ResilientLimitStore:
         if self.mode == "local":
             local = local_share(policy, self.fallback_replicas)
             return await self.fallback.admit(local, *args[1:])
+        # Open: nothing is held anywhere, but the usage still goes to Redis when it is back.
+        unheld = Reservation(policy.key_id, model, month_key(time.time()), 0.0)
         return Admission(
             allowed=True,
             reason="ok",
@@ -113,7 +121,7 @@ class ResilientLimitStore:
             headers={},
             budget_remaining_usd=None,
             soft_exceeded=False,
-            reservation=None,
+            reservation=unheld,
         )
 
     async def settle(
@@ -137,20 +145,50 @@ class ResilientLimitStore:
             cached_input_tokens,
             reasoning_tokens,
         )
+        if reservation.owner is self.primary:
+            await self._to_primary(lambda: self.primary.settle(*args))
+            return
         if reservation.owner is self.fallback:
             await self.fallback.settle(*args)
-        else:
-            await self._to_primary(lambda: self.primary.settle(*args))
+        # Decided without Redis: its spend and usage still belong in the shared record (its
+        # rate limits do not: that minute has passed by the time Redis takes it).
+        record = dataclasses.replace(
+            reservation, amount_usd=0.0, tokens=0, tpm=None, token_mark=None, closed=False
+        )
+        await self._to_primary(lambda: self.primary.settle(record, *args[1:]))
 
     async def release(self, reservation: Reservation) -> None:
-        if reservation.owner is self.fallback:
-            await self.fallback.release(reservation)
-        else:
+        if reservation.owner is self.primary:
             await self._to_primary(lambda: self.primary.release(reservation))
+        elif reservation.owner is self.fallback:
+            await self.fallback.release(reservation)
 
     async def usage(self, key_id: str | None, month: str) -> dict:
         """Usage from Redis; raises BackendUnavailable while it is down (no partial answers)."""
-        return await self.health.call(lambda: self.primary.usage(key_id, month))
+        usage = await self.health.call(lambda: self.primary.usage(key_id, month))
+        if self._pending:
+            self._start_replay()
+        return usage
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """At shutdown: give the settlements still waiting for Redis `timeout_s` to get there;
+        those that do not are logged as lost."""
+        if self._pending:
+            self._start_replay()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._replay), timeout_s)
+        if self._replay is not None and not self._replay.done():
+            self._replay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replay
+        if self._pending:
+            self.lost_settlements_total += len(self._pending)
+            logger.warning(
+                "%d settlements never reached Redis before shutdown: their usage is missing "
+                "from /v1/usage and their reservations stay held until the month ends",
+                len(self._pending),
+            )
+            self._pending.clear()
 
     async def _to_primary(self, operation: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -159,19 +197,34 @@ class ResilientLimitStore:
             if len(self._pending) >= self._max_pending:
                 self._pending.popleft()
                 self.lost_settlements_total += 1
+                if self.lost_settlements_total == 1 or self.lost_settlements_total % 1000 == 0:
+                    logger.warning(
+                        "settlements waiting for Redis exceed %d: dropping the oldest "
+                        "(%d dropped so far; their usage is missing from /v1/usage)",
+                        self._max_pending,
+                        self.lost_settlements_total,
+                    )
             self._pending.append(operation)
+            self._start_replay()
+        else:
+            if self._pending:
+                self._start_replay()
 
     def _start_replay(self) -> None:
         if self._replay is None or self._replay.done():
             self._replay = asyncio.create_task(self._replay_pending())
 
     async def _replay_pending(self) -> None:
+        """Send the waiting settlements, oldest first; while Redis is skipped or down, wait for
+        the next probe (this task may be the probe that finds Redis back)."""
         while self._pending:
             operation = self._pending[0]
             try:
                 await self.health.call(operation)
             except BackendUnavailable:
-                return  # down again: the next successful admit resumes
+                await asyncio.sleep(self.health.seconds_until_probe())
+                continue
             except Exception:
                 logger.exception("dropping a settlement that failed on replay")
-            self._pending.popleft()
+            if self._pending and self._pending[0] is operation:
+                self._pending.popleft()

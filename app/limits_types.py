@@ -9,7 +9,9 @@ them without importing one another; `app/limits.py` re-exports them.
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -17,6 +19,30 @@ from app.gcra import MAX_LIMIT, TokenMark
 
 EPSILON_USD = 1e-9
 MONTH_RETENTION_S = 40 * 24 * 3600  # month data outlives its month long enough to be read after it
+# How long Redis remembers that a reservation was settled or released, so that a settlement sent
+# again (its first answer was lost to a timeout, though Redis had applied it) counts once. A
+# replay later than this after an applied-but-unanswered first attempt would count twice; replays
+# wait at most the health back-off (15 s) once Redis answers again.
+SETTLED_MARKER_TTL_S = 300
+
+
+class _ReservationIds:
+    """Reservation ids unique across processes: a random prefix per process, then a counter
+    (cheaper than a uuid per request; drawn again in a forked child)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+new_reservation_id = _ReservationIds()
 
 Reason = Literal["ok", "rate_limit_requests", "rate_limit_tokens", "budget_key", "budget_global"]
 FailureMode = Literal["local", "open", "closed"]
@@ -78,6 +104,8 @@ class Reservation:
     # The store that made it: settle/release must go back to it (see ResilientLimitStore).
     owner: LimitStore | None = field(default=None, compare=False, repr=False)
     closed: bool = field(default=False, compare=False)
+    # What Redis knows a settlement by, so that one sent twice counts once (SETTLED_MARKER_TTL_S).
+    id: str = field(default_factory=new_reservation_id, compare=False)
 
     def close(self) -> bool:
         """Mark settled/released; False if it already was (a second settle must not count twice)."""
@@ -124,3 +152,7 @@ class LimitStore(Protocol):
     async def release(self, reservation: Reservation) -> None: ...
 
     async def usage(self, key_id: str | None, month: str) -> dict: ...
+
+    async def aclose(self) -> None:
+        """At shutdown: hand over what is still owed to shared state (bounded in time)."""
+        ...

@@ -209,6 +209,10 @@ class BackendHealth:
         self._probing = True
         return True
 
+    def seconds_until_probe(self, minimum_s: float = 0.05) -> float:
+        """How long until a caller may try Redis again (`minimum_s` while another probes)."""
+        return max(minimum_s, self._retry_at - self._clock())
+
     def record_success(self) -> None:
         if self._consecutive_failures:
             self.recoveries_total += 1

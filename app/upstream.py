@@ -8,7 +8,8 @@ for a model, and what a refusal means); each provider has its own ``aiohttp.Clie
 2. the model's concurrency cap, with a bounded line (``app/overload.py``): a call waits at most
    ``queue_timeout_s`` for a slot and is shed at once (503 overloaded) when the line cannot drain
    in that time;
-3. up to ``retry.max_attempts`` attempts: 408, 429, 500, 502, 503, 504, connect errors and read
+3. up to ``retry.max_attempts`` attempts within ``deadline_s`` of the first (no attempt starts
+   after it, the one under way is cut at it): 408, 429, 500, 502, 503, 504, connect errors and read
    timeouts are retried after ``Retry-After`` / ``retry-after-ms`` / ``x-ratelimit-reset-*`` when
    the provider sends them, else after exponential backoff with full jitter; a wait longer than
    ``retry.cap_s`` is not slept through but handed to the client as a 429 with Retry-After; every
@@ -467,7 +468,10 @@ class UpstreamClient:
         candidates = (model, *self._fallbacks.get(model, ()))
         last: GatewayError | None = None
         calls_before = stats.attempts
+        deadline = asyncio.get_running_loop().time() + self.config.deadline_s
         for candidate in candidates:
+            if last is not None and asyncio.get_running_loop().time() >= deadline:
+                break
             target = self._target(candidate)
             # A fallback after a provider call is one more call for this request: a retry, paid
             # from the budget; after a model that made none (open circuit, shed) it is the first.
@@ -481,6 +485,7 @@ class UpstreamClient:
                     functools.partial(once, target),
                     stats,
                     first_call=not fallback,
+                    deadline=deadline,
                 )
             except (CircuitOpen, Overloaded, UpstreamTimeout, UpstreamUnreachable) as exc:
                 last = exc
@@ -512,12 +517,15 @@ class UpstreamClient:
         stats: CallStats,
         replayable: bool = True,
         first_call: bool = True,
+        deadline: float | None = None,
     ) -> Any:
         """Attempts of one call at one provider; ``label`` names it in metrics and logs.
 
         The first attempt that reaches the provider earns the provider's retry budget its share
         (unless ``first_call`` is False: a fallback, itself paid as a retry); every further
         attempt is paid from it, and when the budget is spent the last error goes to the client.
+        With a ``deadline`` (event-loop time), an attempt still under way at it is cut
+        (UpstreamTimeout) and a retry that would start after it is not made.
         """
         max_attempts = self.config.retry.max_attempts if replayable else 1
         if stats.trace is not None:
@@ -528,7 +536,9 @@ class UpstreamClient:
         while True:
             try:
                 try:
-                    return await once()
+                    if deadline is None:
+                        return await once()
+                    return await self._before(deadline, once, label)
                 finally:
                     if first_call and stats.attempts > calls_before:
                         first_call = False  # earned before this request's own retry is paid
@@ -547,6 +557,8 @@ class UpstreamClient:
                 if delay is None:
                     # The provider asks for a longer pause than we may hold the client for.
                     raise retry.error from None
+                if deadline is not None and asyncio.get_running_loop().time() + delay >= deadline:
+                    raise retry.error from None  # the retry could not start in time
                 if not self._may_retry(provider, label):
                     raise retry.error from None
                 self.metrics.child(self.metrics.upstream_retries, label, retry.reason).inc()
@@ -562,6 +574,19 @@ class UpstreamClient:
                 # Backing off is waiting on the provider, not the gateway's own overhead.
                 stats.upstream_s += delay
                 await asyncio.sleep(delay)
+
+    async def _before(self, deadline: float, once: Callable[[], Awaitable[Any]], label: str) -> Any:
+        """``once()``, cut at ``deadline``: its slot wait and its call end there (504)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await once()
+        except TimeoutError:
+            # The attempts turn their own timeouts into retries: this one is the deadline's.
+            log.warning(
+                "upstream deadline passed",
+                extra={"model": label, "deadline_s": self.config.deadline_s},
+            )
+            raise UpstreamTimeout(f"upstream.deadline_s ({self.config.deadline_s:g} s)") from None
 
     def _may_retry(self, provider: Provider, label: str) -> bool:
         """Spend one retry of ``provider``'s budget; False (counted, logged) when it is spent."""

@@ -8,6 +8,8 @@ request, the chain must hold:
   graceful shutdown = longest stream           (in-flight streams finish)
   terminationGracePeriod > preStop + graceful  (kubelet does not SIGKILL a draining pod)
   deregistration delay > preStop + stream      (the target stays registered while it drains)
+  upstream deadline < ALB idle timeout         (a request the provider leaves unanswered gets the
+                                                gateway's OpenAI-shaped 504, not the ALB's own)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ PRE_STOP_SLEEP_SECONDS = 20
 ALB_IDLE_TIMEOUT_MAX = 4000
 # Target group deregistration delay must be 0-3600 s.
 DEREGISTRATION_DELAY_MAX = 3600
+# The gateway gives up on the provider this long before the ALB would close the connection.
+UPSTREAM_DEADLINE_MARGIN_S = 5
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class ShutdownTimings:
     graceful_shutdown_s: int
     termination_grace_period_s: int
     deregistration_delay_s: int
+    upstream_deadline_s: int
 
     @classmethod
     def from_settings(cls, settings: StackSettings) -> ShutdownTimings:
@@ -48,4 +53,5 @@ class ShutdownTimings:
             graceful_shutdown_s=graceful,
             termination_grace_period_s=pre_stop + graceful + 10,
             deregistration_delay_s=min(pre_stop + longest_stream_s + 5, DEREGISTRATION_DELAY_MAX),
+            upstream_deadline_s=idle - UPSTREAM_DEADLINE_MARGIN_S,
         )

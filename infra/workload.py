@@ -105,6 +105,7 @@ def gateway_config(settings: StackSettings, timings: ShutdownTimings) -> dict[st
         "upstream": {
             **({} if settings.providers else {"url": settings.upstream_url}),
             "timeout_read_s": settings.longest_stream_seconds,
+            "deadline_s": timings.upstream_deadline_s,
         },
         "limits": {
             "default_rpm": settings.default_rpm,

@@ -1,6 +1,12 @@
 -- Giving back a reservation, shared by settle.lua and release.lua: app/limits.py prepends this
 -- file (after bucket.lua) to both when it registers them.
 
+-- Whether this is the reservation's first settlement or release: its marker is set for `ttl`
+-- seconds by the first one, so one sent again (its answer was lost) changes nothing.
+local function first_settlement(marker, ttl)
+  return redis.call('SET', marker, '1', 'NX', 'EX', ttl) ~= false
+end
+
 -- Take `usd` (a decimal string) off the key's reserved dollars and off the reserved total.
 -- Never below zero: Redis may have restarted empty since the reservation was made.
 local function unreserve(reserved_hash, reserved_total, key_id, usd)

@@ -495,6 +495,16 @@ async def wait_until_recovered(store: ResilientLimitStore, policy: KeyPolicy) ->
     raise AssertionError("the store did not recover within 5 s after Redis came back")
 
 
+async def drained(store: ResilientLimitStore, limit_s: float = 5.0) -> None:
+    """Wait, sending nothing, until the settlements waiting for Redis have reached it."""
+    deadline = time.monotonic() + limit_s
+    while store.pending_settlements:
+        assert time.monotonic() < deadline, (
+            f"{store.pending_settlements} settlements still waiting {limit_s} s after Redis is back"
+        )
+        await asyncio.sleep(0.02)
+
+
 async def test_local_mode_falls_back_to_the_process_and_recovers(
     redis_server, redis_url: str
 ) -> None:
@@ -516,23 +526,103 @@ async def test_local_mode_falls_back_to_the_process_and_recovers(
     await store.settle(during[0].reservation, 0.05, prompt_tokens=5, completion_tokens=5)
     month = during[0].reservation.month
     assert (await fallback.usage("k", month))["keys"]["k"]["spent_usd"] == pytest.approx(0.05)
-    # A reservation made in Redis before the outage cannot be settled now: kept for replay.
-    await store.settle(before.reservation, 0.05, prompt_tokens=5, completion_tokens=5)
-    assert store.pending_settlements == 1
+    # A reservation made in Redis before the outage cannot be settled now: kept for replay, as
+    # is the record of the one decided locally (its spend and usage belong in Redis too).
+    await store.settle(before.reservation, 0.05, prompt_tokens=5, completion_tokens=7)
+    assert store.pending_settlements == 2
     with pytest.raises(BackendUnavailable):
         await store.usage("k", month)
 
     redis_server.start()
-    after = await wait_until_recovered(store, policy)
-    assert after.reservation.owner is primary
-    assert store.health.recoveries_total == 1
-    for _ in range(100):  # the replay runs in the background after the first good decision
-        if not store.pending_settlements:
-            break
-        await asyncio.sleep(0.01)
-    assert store.pending_settlements == 0 and store.lost_settlements_total == 0
+    # No request comes: the replay probes Redis on its own and empties the queue.
+    await drained(store)
+    assert store.state == "healthy" and store.health.recoveries_total == 1
+    assert store.lost_settlements_total == 0
     replayed = (await store.usage("k", month))["keys"]["k"]
-    assert replayed["spent_usd"] == pytest.approx(0.05) and replayed["requests"] == 1
+    assert replayed["spent_usd"] == pytest.approx(0.1)
+    assert (replayed["requests"], replayed["completion_tokens"]) == (2, 12)
+    # Only the Redis reservation was held there: nothing stays reserved.
+    assert replayed["reserved_usd"] == pytest.approx(0.0)
+    after = await admit(store, policy, worst_case_usd=0.1)
+    assert after.reservation.owner is primary
+    await redis.aclose()
+
+
+class AnswerLostAfterApplying(RedisLimitStore):
+    """Redis applies the first settlement, but its answer is lost (a socket timeout)."""
+
+    lost = 0
+
+    async def settle(self, reservation, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        await super().settle(reservation, *args, **kwargs)
+        if not self.lost:
+            self.lost += 1
+            reservation.closed = False  # the caller never learnt that it was applied
+            raise BackendUnavailable("redis settle failed: TimeoutError")
+
+
+async def test_a_settlement_sent_again_after_a_lost_answer_counts_once(
+    redis_server, redis_url: str
+) -> None:
+    redis = create_redis(redis_url)
+    primary = AnswerLostAfterApplying(redis)
+    store = ResilientLimitStore(primary, MemoryLimitStore(), "local", fast_health())
+    policy = KeyPolicy("k", monthly_budget_usd=5.0)
+    admission = await admit(store, policy, worst_case_usd=0.5)
+    await store.settle(admission.reservation, 0.2, prompt_tokens=10, completion_tokens=4)
+    assert primary.lost == 1 and store.pending_settlements == 1
+    await drained(store)
+    usage = (await store.usage("k", admission.reservation.month))["keys"]["k"]
+    assert (usage["requests"], usage["completion_tokens"]) == (1, 4)
+    assert (usage["spent_usd"], usage["reserved_usd"]) == pytest.approx((0.2, 0.0))
+    await redis.aclose()
+
+
+async def test_redis_remembers_settlements_and_releases_by_reservation(client) -> None:
+    store = RedisLimitStore(client, clock=Clock())
+    policy = KeyPolicy("k", tpm=1000, monthly_budget_usd=5.0)
+    settled = await admit(store, policy, tokens=100, worst_case_usd=0.5)
+    released = await admit(store, policy, tokens=100, worst_case_usd=0.5)
+    reservations = (settled.reservation, released.reservation)
+    assert reservations[0].id != reservations[1].id
+    for _ in range(2):  # the second time as a replay would send them: not yet closed here
+        await store.settle(reservations[0], 0.2, prompt_tokens=10, completion_tokens=4)
+        await store.release(reservations[1])
+        for reservation in reservations:
+            reservation.closed = False
+    await store.release(reservations[0])  # a release after the settlement changes nothing
+    usage = (await store.usage("k", reservations[0].month))["keys"]["k"]
+    assert (usage["requests"], usage["spent_usd"]) == (1, pytest.approx(0.2))
+    assert usage["reserved_usd"] == pytest.approx(0.0)
+    ttl = await client.ttl(f"liftoff:settled:{reservations[0].id}")
+    assert 0 < ttl <= 300
+
+
+async def test_shutdown_gives_waiting_settlements_a_last_chance(
+    redis_server, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = create_redis(redis_url)
+    store = ResilientLimitStore(RedisLimitStore(redis), MemoryLimitStore(), "local", fast_health())
+    policy = KeyPolicy("k", monthly_budget_usd=5.0)
+    held = [await admit(store, policy, worst_case_usd=0.1) for _ in range(2)]
+    redis_server.stop()
+    await store.settle(held[0].reservation, 0.05, prompt_tokens=1, completion_tokens=1)
+    assert store.pending_settlements == 1
+    redis_server.start()
+    await store.aclose(timeout_s=5)  # Redis is back: the settlement gets there
+    assert (store.pending_settlements, store.lost_settlements_total) == (0, 0)
+    month = held[0].reservation.month
+    assert (await store.usage("k", month))["keys"]["k"]["requests"] == 1
+
+    redis_server.stop()
+    await store.settle(held[1].reservation, 0.05, prompt_tokens=1, completion_tokens=1)
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="app.limits"):
+        await store.aclose(timeout_s=0.5)  # still down: bounded, and said
+    assert time.monotonic() - started < 2
+    assert (store.pending_settlements, store.lost_settlements_total) == (0, 1)
+    assert "1 settlements never reached Redis before shutdown" in caplog.text
+    redis_server.start()
     await redis.aclose()
 
 
@@ -559,11 +649,20 @@ async def test_open_mode_admits_everything_while_redis_is_down(
     policy = KeyPolicy("k", rpm=1, monthly_budget_usd=0.0)
     redis_server.stop()
     results = [await admit(store, policy, worst_case_usd=1.0) for _ in range(5)]
-    assert all(a.allowed and a.reservation is None for a in results)
+    assert all(a.allowed and a.reservation.amount_usd == 0 for a in results)
     assert store.degraded_decisions_total == 5
+    for admission in results[:3]:  # answered while Redis is down: recorded once it is back
+        await store.settle(admission.reservation, 0.25, prompt_tokens=2, completion_tokens=3)
+    for admission in results[3:]:
+        await store.release(admission.reservation)  # nothing was held: nothing to give back
+    assert store.pending_settlements == 3
     redis_server.start()
+    await drained(store)
+    usage = (await store.usage("k", results[0].reservation.month))["keys"]["k"]
+    assert (usage["requests"], usage["completion_tokens"]) == (3, 9)
+    assert (usage["spent_usd"], usage["reserved_usd"]) == pytest.approx((0.75, 0.0))
     recovered = await wait_until_recovered(store, KeyPolicy("other"))
-    assert recovered.reservation is not None
+    assert recovered.reservation.owner is store.primary
     assert (await admit(store, policy, worst_case_usd=1.0)).reason == "budget_key"
     await redis.aclose()
 

@@ -152,6 +152,48 @@ async def test_read_timeout_is_retried(simulator):
     assert always.json()["error"]["code"] == "upstream_timeout"
 
 
+async def test_the_deadline_caps_the_retries_of_a_hung_provider(simulator):
+    simulator.app.reset()
+    # Five attempts of 0.5 s each would hold the client 2.5 s; the deadline ends it at 1.2 s.
+    upstream = {"timeout_read_s": 0.5, "retry": {"max_attempts": 5}, "deadline_s": 1.2}
+    async with running(make_config(simulator.url, upstream=upstream)) as gw:
+        started = time.perf_counter()
+        response = await gw.chat(headers=fault("timeout", 10))
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    assert 1.1 < elapsed < 2.0
+    assert 2 <= simulator.app.stats.by_route["POST /v1/chat/completions"] <= 3
+
+
+async def test_the_deadline_cuts_the_wait_for_a_slot(simulator):
+    upstream = {"max_concurrency_per_model": 1, "queue_timeout_s": 5, "deadline_s": 0.8}
+    # A stream that has begun is not cut: it holds the only slot for about 2 s.
+    slow = {"x-simulator-ttft-ms": "20", "x-simulator-token-ms": "120"}
+    async with running(make_config(simulator.url, upstream=upstream)) as gw:
+        holder = asyncio.create_task(gw.chat(headers=slow, stream=True, max_tokens=16))
+        await asyncio.sleep(0.2)
+        started = time.perf_counter()
+        waiting = await gw.chat()
+        elapsed = time.perf_counter() - started
+        held = await holder
+    assert held.status_code == 200 and held.text.rstrip().endswith("data: [DONE]")
+    # Cut at its deadline, not after the slot's holder ends or the 5 s queue wait.
+    assert waiting.status_code == 504 and 0.7 < elapsed < 1.5
+
+
+async def test_the_deadline_does_not_cut_a_stream_that_has_begun(simulator):
+    upstream = {"deadline_s": 0.3}
+    slow = {"x-simulator-ttft-ms": "20", "x-simulator-token-ms": "60"}
+    async with running(make_config(simulator.url, upstream=upstream)) as gw:
+        started = time.perf_counter()
+        response = await gw.chat(headers=slow, stream=True, max_tokens=16)
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 200
+    assert elapsed > 0.3  # longer than the deadline, and complete
+    assert response.text.rstrip().endswith("data: [DONE]")
+
+
 async def test_breaker_opens_fails_fast_and_recovers(simulator):
     simulator.app.reset()
     config = make_config(

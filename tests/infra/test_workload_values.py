@@ -163,6 +163,9 @@ def test_shutdown_timings_come_from_one_place(stream: int) -> None:
     assert values["lifecycle"]["preStopSleepSeconds"] == t.pre_stop_sleep_s
     assert values["terminationGracePeriodSeconds"] == t.termination_grace_period_s
     assert values["config"]["upstream"]["timeout_read_s"] == stream
+    # The gateway answers 504 itself before the ALB would cut a silent request.
+    assert values["config"]["upstream"]["deadline_s"] == t.upstream_deadline_s
+    assert t.upstream_deadline_s < t.alb_idle_timeout_s
 
 
 def test_pure() -> None:
