@@ -619,6 +619,21 @@ class UpstreamClient:
             return refusal.error
         return _Retry(refusal.error, refusal.retry_reason, refusal.error.retry_after_s)
 
+    async def _request(
+        self,
+        path: str,
+        body: dict[str, Any],
+        target: _Target,
+        stats: CallStats,
+        extra: Mapping[str, str] | None,
+    ) -> tuple[aiohttp.ClientSession, yarl.URL, bytes, dict[str, str]]:
+        """One attempt's session, URL, body and headers (signed for this very body)."""
+        provider = target.provider
+        url = target.url(path)
+        payload = orjson.dumps(provider.body_for(path, target.model, body))
+        headers = await self._headers(provider, url, payload, extra, stats.trace_headers)
+        return self._session(provider), url, payload, headers
+
     async def _attempt_json(
         self,
         path: str,
@@ -627,11 +642,8 @@ class UpstreamClient:
         stats: CallStats,
         extra: Mapping[str, str] | None,
     ) -> Reply:
-        provider, model = target.provider, target.model
-        session = self._session(provider)
-        url = target.url(path)
-        payload = orjson.dumps(provider.body_for(path, model, body))
-        headers = await self._headers(provider, url, payload, extra, stats.trace_headers)
+        model = target.model
+        session, url, payload, headers = await self._request(path, body, target, stats, extra)
         breaker = target.breaker
         breaker.before_call()
         gauge = self.metrics.child(self.metrics.upstream_in_flight, model)
@@ -673,11 +685,8 @@ class UpstreamClient:
         extra: Mapping[str, str] | None,
         ends: Callable[[bytes], bool] | None = None,
     ) -> Stream:
-        provider, model = target.provider, target.model
-        session = self._session(provider)
-        url = target.url(path)
-        payload = orjson.dumps(provider.body_for(path, model, body))
-        headers = await self._headers(provider, url, payload, extra, stats.trace_headers)
+        model = target.model
+        session, url, payload, headers = await self._request(path, body, target, stats, extra)
         breaker = target.breaker
         breaker.before_call()
         slots = target.slots
