@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
@@ -34,8 +34,11 @@ from app.redis_backend import create_redis
 from app.schemas import check_envelope, parse_json_object
 from app.secrets import CLIENT_KEYS, REDIS_AUTH_TOKEN, SecretStore
 from app.single_flight import CacheFlights
-from app.telemetry import Telemetry, telemetry_from_env
+from app.telemetry_env import telemetry_requested
 from app.upstream import CallStats, UpstreamClient
+
+if TYPE_CHECKING:
+    from app.telemetry import Telemetry
 
 log = logging.getLogger("liftoff.gateway")
 
@@ -153,9 +156,12 @@ class Gateway:
             )
         if cfg.batching.enabled:
             self.embedding_batcher = EmbeddingBatcher(cfg.batching.window_ms, self.send_embeddings)
-        self.telemetry = telemetry_from_env(
-            self.env, self.upstream.provider_for, cfg.server.log_prompts
-        )
+        if telemetry_requested(self.env):
+            from app.telemetry import telemetry_from_env  # the SDK is imported only when on
+
+            self.telemetry = telemetry_from_env(
+                self.env, self.upstream.provider_for, cfg.server.log_prompts
+            )
         self.pipeline = Pipeline(self)
         self.ready = True
 

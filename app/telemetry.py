@@ -49,6 +49,7 @@ from app.telemetry_attributes import (
     response_attributes,
     usage_attributes,
 )
+from app.telemetry_env import flag, signal_endpoint
 from app.upstream import RawReply, Stream
 
 if TYPE_CHECKING:
@@ -72,22 +73,6 @@ _SAMPLERS: dict[str, Callable[[float], sampling.Sampler]] = {
 
 
 # --- configuration from the environment --------------------------------------------------------
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() == "true"
-
-
-def _signal_endpoint(env: Mapping[str, str], signal: str) -> str | None:
-    """Where one signal goes: its own variable (a full URL), else the base one + /v1/<signal>;
-    None when neither is set or the signal's exporter is ``none``."""
-    if env.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").strip().lower() == "none":
-        return None
-    own = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
-    if own:
-        return own
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    return f"{base.rstrip('/')}/v1/{signal}" if base else None
 
 
 def _headers(env: Mapping[str, str], signal: str) -> dict[str, str]:
@@ -141,10 +126,10 @@ def telemetry_from_env(
     its own (``OTEL_BSP_*``, ``OTEL_EXPORTER_OTLP_*_TIMEOUT``/``_COMPRESSION``/``_CERTIFICATE``)
     from the process environment.
     """
-    if _flag(env, "OTEL_SDK_DISABLED"):
+    if flag(env, "OTEL_SDK_DISABLED"):
         return None
-    traces_url = _signal_endpoint(env, "traces")
-    metrics_url = _signal_endpoint(env, "metrics")
+    traces_url = signal_endpoint(env, "traces")
+    metrics_url = signal_endpoint(env, "metrics")
     if traces_url is None and metrics_url is None:
         return None
     protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip()

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -30,7 +33,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from app.providers import KeyCredential, OpenAIProvider
 from app.telemetry import resource_from_env, sampler_from_env, telemetry_from_env
 from app.telemetry_attributes import DURATION_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS
-from tests.app.gateway_harness import auth, make_config, running
+from tests.app.gateway_harness import ROOT, auth, make_config, running
 
 MODEL = "gpt-4o-mini-2024-07-18"  # what the test catalog's alias "fast" resolves to
 PROMPT = "Say hello"  # Running.chat's prompt
@@ -198,6 +201,38 @@ async def test_off_by_default_no_tracer_and_nothing_sent_to_the_provider(simulat
         assert gw.gateway.pipeline.telemetry is None
         assert (await gw.chat()).status_code == 200
     assert "traceparent" not in provider_requests(simulator)[-1]["headers"]
+
+
+OFF_AND_ON = """
+import asyncio, sys
+from tests.app.gateway_harness import make_config, running
+
+async def main(env):
+    async with running(make_config(sys.argv[1]), env) as gw:
+        assert (await gw.chat()).status_code == 200
+    return sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk.trace",
+                                                           "opentelemetry.exporter")))
+
+off = asyncio.run(main({}))
+on = asyncio.run(main({"OTEL_EXPORTER_OTLP_ENDPOINT": sys.argv[2]}))
+print(len(off), len(on))
+"""
+
+
+def test_off_the_sdk_is_not_even_imported(simulator, collector):
+    # Off is the default: no worker pays the SDK's start-up and memory for nothing.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [sys.executable, "-c", OFF_AND_ON, simulator.url, collector.url],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    off, on = map(int, result.stdout.split())
+    assert off == 0 and on > 0
 
 
 def test_the_standard_variables_turn_it_on_and_otel_sdk_disabled_off(collector):
