@@ -22,6 +22,7 @@ from reliability.usage import settled_usage, token, usage_of
 LOAD_KEY = "rel-load"
 LIMITED_KEY = "rel-limited"
 CUT_KEY = "rel-cut"
+OUTAGE_KEY = "rel-outage"  # sent to only while Redis is down: its usage must reach Redis after
 LIMITED_RPM = 60
 RECOVERY_LIMIT_S = 20.0  # Redis back, every gateway must use it again within this
 AFTER_RECOVERY_S = 2.0  # load kept up after recovery: the cache must serve hits again
@@ -40,6 +41,7 @@ def client_keys() -> list[dict[str, Any]]:
         {"name": LOAD_KEY, "key": token(LOAD_KEY), "rpm": 10**8, "tpm": 10**8},
         {"name": LIMITED_KEY, "key": token(LIMITED_KEY), "rpm": LIMITED_RPM, "tpm": 10**8},
         {"name": CUT_KEY, "key": token(CUT_KEY), "rpm": 10**8, "tpm": 10**8},
+        {"name": OUTAGE_KEY, "key": token(OUTAGE_KEY), "rpm": 10**8, "tpm": 10**8},
     ]
 
 
@@ -169,11 +171,16 @@ def max_in_any_window(times: list[float], window_s: float) -> int:
 
 async def redis_kill(cluster: Cluster, rate: float, duration_s: float, seed: int) -> Phase:
     rng = random.Random(seed)
+    outage = {"on": False}  # set while Redis is surely down (the during thread)
 
     def make(n: int) -> Spec:
         if n % 5 == 0:  # a fifth of the load hammers one rpm-limited key
             body = load.chat_body(f"limited {load.unique()}", False, False)
             return Spec("chat", False, body, token(LIMITED_KEY), tag="limited")
+        if n % 5 == 1 and outage["on"]:
+            # Decided without Redis: the answers' usage must be in /v1/usage once it is back.
+            body = load.chat_body(f"outage {load.unique()}", False, False)
+            return Spec("chat", False, body, token(OUTAGE_KEY), tag="outage")
         return load.mixed(rng, token(LOAD_KEY))
 
     recovered_at: list[float] = []
@@ -183,10 +190,13 @@ async def redis_kill(cluster: Cluster, rate: float, duration_s: float, seed: int
         down = time.monotonic()
         cluster.redis.stop()
         states: Counter[str] = Counter()
+        time.sleep(0.5)
+        outage["on"] = True
         while time.monotonic() < down + duration_s * 0.3:
             for ready in cluster.readiness():
                 states[(ready or {}).get("state_backend", "no answer")] += 1
             time.sleep(0.2)
+        outage["on"] = False
         cluster.redis.start()
         up = time.monotonic()
         # Each gateway probes Redis again after a back-off that doubles per failure (up to 15 s),
@@ -215,6 +225,7 @@ async def redis_kill(cluster: Cluster, rate: float, duration_s: float, seed: int
     )  # fmt: skip
     recovered = info.get("recovered")
     _limited_key_check(phase, cluster, info)
+    await _outage_usage_check(phase, cluster)
     phase.checks["outage_s"] = round(info["up"] - info["down"], 2)
     phase.checks["states_during_outage"] = info["states_during"]
     phase.checks["recovery_s"] = None if recovered is None else round(recovered - info["up"], 2)
@@ -280,6 +291,27 @@ def _limited_key_check(phase: Phase, cluster: Cluster, info: dict[str, Any]) -> 
     if in_60s > LIMITED_RPM:
         phase.problems.append(
             f"rpm-{LIMITED_RPM} key accepted {in_60s} in one 60-s window through the outage"
+        )
+
+
+async def _outage_usage_check(phase: Phase, cluster: Cluster) -> None:
+    """The answers given while Redis was down are in /v1/usage once it is back: the restarted
+    server began empty, so the outage key's usage is exactly what the gateways recorded of them
+    after the outage (settlements kept in each gateway and replayed)."""
+    answered = [o for o in phase.outcomes if o.spec.tag == "outage" and o.succeeded]
+    usage = await settled_usage(cluster, OUTAGE_KEY)
+    expected = {
+        "requests": len(answered),
+        "prompt_tokens": sum((o.usage or {}).get("prompt_tokens", 0) for o in answered),
+        "completion_tokens": sum((o.usage or {}).get("completion_tokens", 0) for o in answered),
+    }
+    recorded = {name: usage[name] for name in expected}
+    phase.checks["usage_answered_during_outage"] = {"answers": expected, "recorded": recorded}
+    if not answered:
+        phase.problems.append("no request of the outage key was answered while Redis was down")
+    elif recorded != expected:
+        phase.problems.append(
+            f"answered while Redis was down: {expected}, but /v1/usage recorded {recorded}"
         )
 
 
