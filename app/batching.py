@@ -17,7 +17,9 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-SendBatch = Callable[[str, dict[str, Any], list[str]], Awaitable[dict[str, Any]]]
+# (model, parameters, prompts, the callers' tags): a tag is what the caller gave `submit` (the
+# gateway gives each request's trace, so the shared call's spans can link to every request).
+SendBatch = Callable[[str, dict[str, Any], list[str], list[Any]], Awaitable[dict[str, Any]]]
 CountTokens = Callable[[str], int]
 
 # Parameters whose output cannot be split per prompt, or that must reach the provider alone.
@@ -136,6 +138,7 @@ class _Batch:
     params: dict[str, Any]
     prompts: list[str] = field(default_factory=list)
     waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
+    tags: list[Any] = field(default_factory=list)
 
 
 class CompletionBatcher:
@@ -178,21 +181,25 @@ class CompletionBatcher:
             "open_batches": len(self._batches),
         }
 
-    async def submit(self, model: str, params: dict[str, Any], prompt: str) -> dict[str, Any]:
-        """The completion of one prompt, as if this caller had called the provider alone."""
+    async def submit(
+        self, model: str, params: dict[str, Any], prompt: str, tag: Any = None
+    ) -> dict[str, Any]:
+        """The completion of one prompt, as if this caller had called the provider alone; `tag`
+        goes to the send with the prompt."""
         self.requests_in += 1
         if not is_batchable(params, prompt) or self.max_batch == 1:
-            return await self._send_alone(model, params, prompt)
+            return await self._send_alone(model, params, prompt, tag)
         key = (model, canonical_params(params))
         batch = self._batches.get(key)
         if batch is None:
             batch = _Batch(model, params)
             if not self._batches.open(key, batch):
                 # Too many distinct parameter sets at once: stay bounded, don't wait.
-                return await self._send_alone(model, params, prompt)
+                return await self._send_alone(model, params, prompt, tag)
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         batch.prompts.append(prompt)
         batch.waiters.append(waiter)
+        batch.tags.append(tag)
         if len(batch.prompts) >= self.max_batch:
             self._batches.close(key, batch)
         # A cancelled caller cancels only its own future; the batch goes on for the others.
@@ -202,22 +209,28 @@ class CompletionBatcher:
         """Send every open batch now and wait for all upstream calls (graceful shutdown)."""
         await self._batches.drain()
 
-    async def _send_alone(self, model: str, params: dict[str, Any], prompt: str) -> dict[str, Any]:
+    async def _send_alone(
+        self, model: str, params: dict[str, Any], prompt: str, tag: Any
+    ) -> dict[str, Any]:
         self.upstream_calls += 1
-        return await self._send(model, params, [prompt])
+        return await self._send(model, params, [prompt], [tag])
 
     async def _flush(self, batch: _Batch) -> None:
         # Callers that gave up before the window closed don't cost tokens.
-        live = [(p, w) for p, w in zip(batch.prompts, batch.waiters, strict=True) if not w.done()]
+        live = [
+            (p, w, t)
+            for p, w, t in zip(batch.prompts, batch.waiters, batch.tags, strict=True)
+            if not w.done()
+        ]
         if not live:
             return
-        prompts = [p for p, _ in live]
-        waiters = [w for _, w in live]
+        prompts = [p for p, _, _ in live]
+        waiters = [w for _, w, _ in live]
         self.upstream_calls += 1
         if len(prompts) > 1:
             self.prompts_batched += len(prompts)
         try:
-            response = await self._send(batch.model, batch.params, prompts)
+            response = await self._send(batch.model, batch.params, prompts, [t for *_, t in live])
             results = self._split(response, prompts, batch.params)
         except Exception as exc:
             for waiter in waiters:

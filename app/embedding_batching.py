@@ -22,7 +22,8 @@ from app.batching import MAX_OPEN_BATCHES, BatchSplitError, WindowedBatches, app
 MAX_INPUTS_PER_REQUEST = 2048
 MAX_TOKENS_PER_REQUEST = 300_000
 
-SendEmbeddings = Callable[[str, dict[str, Any], list[Any]], Awaitable[dict[str, Any]]]
+# (model, parameters, inputs, the callers' tags), as app/batching.py's SendBatch.
+SendEmbeddings = Callable[[str, dict[str, Any], list[Any], list[Any]], Awaitable[dict[str, Any]]]
 
 
 @dataclass(slots=True)
@@ -40,7 +41,10 @@ class _Batch:
     params: dict[str, Any]
     inputs: list[Any] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
-    callers: list[tuple[int, int, asyncio.Future[EmbeddingResult]]] = field(default_factory=list)
+    # (first input, inputs, the caller's future, its tag)
+    callers: list[tuple[int, int, asyncio.Future[EmbeddingResult], Any]] = field(
+        default_factory=list
+    )
 
 
 class EmbeddingBatcher:
@@ -65,9 +69,15 @@ class EmbeddingBatcher:
         self.upstream_calls = 0
 
     async def submit(
-        self, model: str, params: dict[str, Any], inputs: list[Any], tokens: list[int]
+        self,
+        model: str,
+        params: dict[str, Any],
+        inputs: list[Any],
+        tokens: list[int],
+        tag: Any = None,
     ) -> EmbeddingResult:
-        """The vectors of `inputs`, as if this caller had called the provider alone."""
+        """The vectors of `inputs`, as if this caller had called the provider alone; `tag` goes
+        to the send with them."""
         self.requests_in += 1
         key = (model, orjson.dumps(params, option=orjson.OPT_SORT_KEYS))
         batch = self._batches.get(key)
@@ -77,9 +87,9 @@ class EmbeddingBatcher:
         if batch is None:
             batch = _Batch(model, params)
             if not self._fits(batch, inputs, tokens) or not self._batches.open(key, batch):
-                return await self._alone(model, params, inputs, tokens)
+                return await self._alone(model, params, inputs, tokens, tag)
         waiter: asyncio.Future[EmbeddingResult] = asyncio.get_running_loop().create_future()
-        batch.callers.append((len(batch.inputs), len(inputs), waiter))
+        batch.callers.append((len(batch.inputs), len(inputs), waiter, tag))
         batch.inputs.extend(inputs)
         batch.tokens.extend(tokens)
         if len(batch.inputs) >= self.max_inputs:
@@ -98,10 +108,10 @@ class EmbeddingBatcher:
         )
 
     async def _alone(
-        self, model: str, params: dict[str, Any], inputs: list[Any], tokens: list[int]
+        self, model: str, params: dict[str, Any], inputs: list[Any], tokens: list[int], tag: Any
     ) -> EmbeddingResult:
         self.upstream_calls += 1
-        response = await self._send(model, params, inputs)
+        response = await self._send(model, params, inputs, [tag])
         return split(response, [(0, len(inputs))], tokens, model)[0]
 
     async def _flush(self, batch: _Batch) -> None:
@@ -112,24 +122,24 @@ class EmbeddingBatcher:
         inputs: list[Any] = []
         tokens: list[int] = []
         spans: list[tuple[int, int]] = []
-        for start, count, _ in live:
+        for start, count, *_ in live:
             spans.append((len(inputs), count))
             inputs.extend(batch.inputs[start : start + count])
             tokens.extend(batch.tokens[start : start + count])
         self.upstream_calls += 1
         try:
-            response = await self._send(batch.model, batch.params, inputs)
+            response = await self._send(batch.model, batch.params, inputs, [c[3] for c in live])
             results = split(response, spans, tokens, batch.model)
         except Exception as exc:
-            for *_, waiter in live:
+            for _, _, waiter, _ in live:
                 if not waiter.done():
                     waiter.set_exception(exc)
             return
         except asyncio.CancelledError:
-            for *_, waiter in live:
+            for _, _, waiter, _ in live:
                 waiter.cancel()
             raise
-        for (*_, waiter), result in zip(live, results, strict=True):
+        for (_, _, waiter, _), result in zip(live, results, strict=True):
             if not waiter.done():
                 waiter.set_result(result)
 

@@ -238,19 +238,38 @@ class Gateway:
             chunks.append(chunk)
         return parse_json_object(b"".join(chunks)), size
 
-    async def send_batch(self, model: str, params: dict, prompts: list[str]) -> dict:
+    async def send_batch(
+        self, model: str, params: dict, prompts: list[str], traces: list[Any]
+    ) -> dict:
         """One provider call for a batch of single-prompt completions (app/batching.py)."""
         self.metrics.batch_size.observe(len(prompts))
-        stats = CallStats()
         reply = await self.upstream.post_json(
-            "/v1/completions", {**params, "model": model, "prompt": prompts}, model, stats
+            "/v1/completions",
+            {**params, "model": model, "prompt": prompts},
+            model,
+            self._batch_stats(traces),
         )
         return reply.json()
 
-    async def send_embeddings(self, model: str, params: dict, inputs: list) -> dict:
+    async def send_embeddings(
+        self, model: str, params: dict, inputs: list, traces: list[Any]
+    ) -> dict:
         """One provider call for the inputs of concurrent embedding requests."""
         self.metrics.batch_size.observe(len(inputs))
         reply = await self.upstream.post_json(
-            "/v1/embeddings", {**params, "model": model, "input": inputs}, model, CallStats()
+            "/v1/embeddings",
+            {**params, "model": model, "input": inputs},
+            model,
+            self._batch_stats(traces),
         )
         return reply.json()
+
+    def _batch_stats(self, traces: list[Any]) -> CallStats:
+        """The stats of a call made for the requests whose traces (None: off) are given: a lone
+        request's attempts are its own spans, a batch's are linked to every request's."""
+        members = [t for t in traces if t is not None]
+        if not members or self.telemetry is None:
+            return CallStats()
+        if len(traces) == 1:
+            return CallStats(trace=members[0])
+        return CallStats(trace=self.telemetry.batch(members))

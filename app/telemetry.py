@@ -8,9 +8,12 @@ Off, the gateway holds no tracer and builds no span: each hook is one ``is not N
 
 Per generation request (app/pipeline.py): one SERVER span, continuing the client's W3C
 ``traceparent``/``tracestate``, and one CLIENT span per provider attempt (app/upstream.py), whose
-context goes to the provider in ``traceparent``/``tracestate``. Baggage is neither read nor
-passed on (a client's baggage is not the provider's business). Prompts and completions are never
-recorded unless ``server.log_prompts`` is on. Attribute names: app/telemetry_attributes.py.
+context goes to the provider in ``traceparent``/``tracestate``. A provider call shared by several
+requests (app/batching.py, app/embedding_batching.py) starts a trace of its own, linked to each
+request's server span and each of those to it (OpenTelemetry's way for batches). Baggage is
+neither read nor passed on (a client's baggage is not the provider's business). Prompts and
+completions are never recorded unless ``server.log_prompts`` is on. Attribute names:
+app/telemetry_attributes.py.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -50,7 +54,7 @@ from app.telemetry_attributes import (
     usage_attributes,
 )
 from app.telemetry_env import flag, signal_endpoint
-from app.upstream import RawReply, Stream
+from app.upstream import CallStats, RawReply, Reply, Stream
 
 if TYPE_CHECKING:
     from app.context import Ctx
@@ -220,6 +224,10 @@ class Telemetry:
         ctx.stats.trace = request_trace
         return request_trace
 
+    def batch(self, members: Sequence[RequestTrace]) -> BatchTrace:
+        """The trace of one provider call made for all of `members` (requests of one kind)."""
+        return BatchTrace(self, members)
+
     def force_flush(self) -> None:
         """Export what is buffered now (blocking: call it off the event loop)."""
         if self.tracer_provider is not None:
@@ -269,6 +277,36 @@ def _failure(exc: BaseException) -> tuple[str, int | None]:
     if isinstance(reason, str) and error is not exc:  # timeout, connect, connection, stream_cut
         return reason, None
     return type(error).__qualname__, None
+
+
+def _attempt_attributes(
+    operation: str, provider: Provider, model: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the attempt metric's attributes, its span's): the span's add server.* and the method
+    (the metric has fewer series, cheaper records)."""
+    metric = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": PROVIDER_NAMES.get(provider.kind, provider.kind),
+        "gen_ai.request.model": model,
+    }
+    return metric, {**metric, **_server_attributes(provider), "http.request.method": "POST"}
+
+
+def _resent(attributes: dict[str, Any], sent: int) -> dict[str, Any]:
+    return attributes if not sent else {**attributes, "http.request.resend_count": sent}
+
+
+def _failed(attempt: _Attempt, exc: BaseException) -> None:
+    """Mark a failed attempt's span and metric with the failure (error.type, the status)."""
+    error_type, status = _failure(exc)
+    attempt.attributes["error.type"] = error_type
+    span = attempt.span
+    if span.is_recording():
+        failed: dict[str, Any] = {"error.type": error_type}
+        if status is not None:
+            failed["http.response.status_code"] = status
+        span.set_attributes(failed)
+        span.set_status(Status(StatusCode.ERROR))
 
 
 class _Attempt:
@@ -411,44 +449,32 @@ class RequestTrace:
     # --- the provider attempts (app/upstream.py) -----------------------------------------
 
     def attempts(
-        self, once: Callable[[], Awaitable[Any]], provider: Provider, model: str
+        self,
+        once: Callable[[], Awaitable[Any]],
+        provider: Provider,
+        model: str,
+        stats: CallStats,
     ) -> Callable[[], Awaitable[Any]]:
         """`once` (one attempt of a call to `model` at `provider`), each run in a client span
-        whose context goes to the provider in the outgoing traceparent/tracestate."""
-        telemetry, stats = self.telemetry, self.ctx.stats
+        whose context goes to the provider in the outgoing traceparent/tracestate (`stats`)."""
+        telemetry = self.telemetry
         name = f"{self.operation} {model}"
-        # The metric's attributes: the span's without server.* (fewer series, cheaper records).
-        metric = {
-            "gen_ai.operation.name": self.operation,
-            "gen_ai.provider.name": PROVIDER_NAMES.get(provider.kind, provider.kind),
-            "gen_ai.request.model": model,
-        }
-        base = {**metric, **_server_attributes(provider), "http.request.method": "POST"}
+        metric, base = _attempt_attributes(self.operation, provider, model)
         sent = 0
 
         async def attempt() -> Any:
             nonlocal sent
             started = time.time_ns()
-            attributes = base
-            if sent:
-                attributes = {**base, "http.request.resend_count": sent}
-            sent += 1
             span = telemetry.tracer.start_span(
-                name, self.context, SpanKind.CLIENT, attributes, start_time=started
+                name, self.context, SpanKind.CLIENT, _resent(base, sent), start_time=started
             )
+            sent += 1
             stats.trace_headers = _trace_headers(span)  # read before the attempt's first await
             current = _Attempt(span, started, metric.copy())
             try:
                 result = await once()
             except BaseException as exc:
-                error_type, status = _failure(exc)
-                current.attributes["error.type"] = error_type
-                if span.is_recording():
-                    failed: dict[str, Any] = {"error.type": error_type}
-                    if status is not None:
-                        failed["http.response.status_code"] = status
-                    span.set_attributes(failed)
-                    span.set_status(Status(StatusCode.ERROR))
+                _failed(current, exc)
                 self._end_attempt(current, None)
                 raise
             self.answered_by = provider
@@ -496,3 +522,72 @@ class RequestTrace:
             attributes["gen_ai.output.messages"] = output_messages(
                 logged["completion"], self.reasons
             )
+
+
+class BatchTrace:
+    """One provider call made for several requests (a batch): its attempts' client spans are
+    the roots of a trace of their own, linked to each request's server span, and each of those
+    gets a link back; the call's token usage is recorded here, the requests' own spans carry
+    their shares."""
+
+    __slots__ = ("members", "operation", "telemetry")
+
+    def __init__(self, telemetry: Telemetry, members: Sequence[RequestTrace]) -> None:
+        self.telemetry = telemetry
+        self.members = members
+        self.operation = members[0].operation
+
+    def attempts(
+        self,
+        once: Callable[[], Awaitable[Any]],
+        provider: Provider,
+        model: str,
+        stats: CallStats,
+    ) -> Callable[[], Awaitable[Any]]:
+        """As RequestTrace.attempts, for a JSON call; each attempt ends when its answer is in."""
+        telemetry = self.telemetry
+        name = f"{self.operation} {model}"
+        metric, base = _attempt_attributes(self.operation, provider, model)
+        base["liftoff.batch.size"] = len(self.members)
+        links = [trace.Link(member.span.get_span_context()) for member in self.members]
+        sent = 0
+
+        async def attempt() -> Any:
+            nonlocal sent
+            started = time.time_ns()
+            span = telemetry.tracer.start_span(
+                name, _ROOT, SpanKind.CLIENT, _resent(base, sent), links, started
+            )
+            sent += 1
+            stats.trace_headers = _trace_headers(span)
+            current = _Attempt(span, started, metric.copy())
+            if sent == 1 and span.is_recording():
+                for member in self.members:
+                    if member.span.is_recording():
+                        member.span.add_link(span.get_span_context())
+            try:
+                result = await once()
+            except BaseException as exc:
+                _failed(current, exc)
+                self._end(current)
+                raise
+            span.set_attribute("http.response.status_code", result.status)
+            self._end(current, result)
+            return result
+
+        return attempt
+
+    def _end(self, attempt: _Attempt, reply: Reply | None = None) -> None:
+        end = time.time_ns()
+        if reply is not None:
+            usage = reply.json().get("usage") or {}
+            metric = {**attempt.attributes, "gen_ai.response.model": reply.model}
+            for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+                if isinstance(usage.get(field), int):
+                    metric["gen_ai.token.type"] = kind
+                    self.telemetry.token_usage.record(usage[field], metric)
+        attempt.span.end(end_time=end)
+        self.telemetry.client_duration.record((end - attempt.started) / 1e9, attempt.attributes)
+
+
+_ROOT = Context()  # no parent: a batch call belongs to no one request's trace

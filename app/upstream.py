@@ -529,7 +529,7 @@ class UpstreamClient:
         """
         max_attempts = self.config.retry.max_attempts if replayable else 1
         if stats.trace is not None:
-            once = stats.trace.attempts(once, provider, label)  # a client span per attempt
+            once = stats.trace.attempts(once, provider, label, stats)  # a client span each
         refreshed_key = False
         attempt = 0
         calls_before = stats.attempts

@@ -51,7 +51,7 @@ class CompletionsEndpoint(GenerationEndpoint):
         params = {k: v for k, v in body.items() if k not in ("model", "prompt")}
         started = time.perf_counter()
         try:
-            result = await batcher.submit(parsed.model, params, parsed.prompts[0])
+            result = await batcher.submit(parsed.model, params, parsed.prompts[0], ctx.stats.trace)
         finally:
             ctx.waited_s += time.perf_counter() - started
         return orjson.dumps(result), str(result.get("model") or parsed.model)

@@ -296,7 +296,7 @@ class EmbeddingsEndpoint(GenerationEndpoint):
         if batcher is not None and forwarded is None:
             started = time.perf_counter()
             try:
-                return await batcher.submit(parsed.model, params, inputs, tokens)
+                return await batcher.submit(parsed.model, params, inputs, tokens, ctx.stats.trace)
             finally:
                 ctx.waited_s += time.perf_counter() - started
         body = {**params, "model": parsed.model, "input": inputs}

@@ -28,9 +28,13 @@ class SimulatorUpstream:
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
         self.calls: list[list[str]] = []
+        self.tags: list[list[Any]] = []
 
-    async def __call__(self, model: str, params: dict[str, Any], prompts: list[str]) -> dict:
+    async def __call__(
+        self, model: str, params: dict[str, Any], prompts: list[str], tags: list[Any]
+    ) -> dict:
         self.calls.append(list(prompts))
+        self.tags.append(list(tags))
         response = await self.client.post(
             "/v1/completions", json={**params, "model": model, "prompt": prompts}
         )
@@ -55,6 +59,26 @@ def upstream(http: httpx.AsyncClient) -> SimulatorUpstream:
 
 def prompts(count: int) -> list[str]:
     return [f"Prompt number {i}: say something about {'caching ' * (i % 5)}." for i in range(count)]
+
+
+async def test_each_callers_tag_goes_to_the_send_with_its_prompt(upstream):
+    batcher = CompletionBatcher(window_ms=50, max_batch=20, send=upstream)
+    params = {"max_tokens": 4}
+    texts = prompts(3)
+    gone = asyncio.create_task(batcher.submit(MODEL, params, "I leave early", "tag-gone"))
+    await asyncio.sleep(0)
+    staying = [
+        asyncio.create_task(batcher.submit(MODEL, params, text, f"tag-{i}"))
+        for i, text in enumerate(texts)
+    ]
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.gather(*staying)
+    # The callers still there, in their order: a caller that left is neither sent nor tagged.
+    assert upstream.calls == [texts]
+    assert upstream.tags == [["tag-0", "tag-1", "tag-2"]]
+    await batcher.submit(MODEL, {**params, "n": 2}, "unbatchable", "tag-alone")
+    assert upstream.tags[-1] == ["tag-alone"]
 
 
 async def test_twenty_concurrent_callers_make_one_upstream_call(upstream, http, simulator):
@@ -89,8 +113,8 @@ async def test_twenty_concurrent_callers_make_one_upstream_call(upstream, http, 
 async def test_usage_shares_sum_to_upstream_totals(upstream):
     recorded: list[dict] = []
 
-    async def send(model: str, params: dict, batch: list[str]) -> dict:
-        response = await upstream(model, params, batch)
+    async def send(model: str, params: dict, batch: list[str], tags: list) -> dict:
+        response = await upstream(model, params, batch, tags)
         recorded.append(response["usage"])
         return response
 
@@ -106,7 +130,7 @@ async def test_usage_shares_sum_to_upstream_totals(upstream):
 
 async def test_usage_split_is_proportional_when_provider_counts_differently():
     # A provider that counts more tokens than our tokenizer (e.g. hidden framing): shares still sum.
-    async def send(model: str, params: dict, batch: list[str]) -> dict:
+    async def send(model: str, params: dict, batch: list[str], tags: list) -> dict:
         choices = [
             {"index": i, "text": "word " * (i + 1), "finish_reason": "stop", "logprobs": None}
             for i in range(len(batch))
@@ -171,7 +195,7 @@ async def test_different_models_are_not_batched_together(upstream):
 async def test_unbatchable_params_go_upstream_alone_without_waiting(params):
     calls: list[list[str]] = []
 
-    async def send(model: str, sent_params: dict, batch: list[str]) -> dict:
+    async def send(model: str, sent_params: dict, batch: list[str], tags: list) -> dict:
         calls.append(batch)
         n = sent_params.get("n", 1)
         choices = [{"index": i, "text": "x", "finish_reason": "stop"} for i in range(n)]
@@ -226,7 +250,7 @@ async def test_max_batch_caps_upstream_prompts(upstream):
 
 
 async def test_upstream_error_reaches_every_caller_of_the_batch(http, upstream):
-    async def failing(model: str, params: dict, batch: list[str]) -> dict:
+    async def failing(model: str, params: dict, batch: list[str], tags: list) -> dict:
         upstream.calls.append(batch)
         response = await http.post(
             "/v1/completions",
@@ -261,7 +285,7 @@ async def test_cancelled_caller_during_upstream_call_does_not_break_batch():
     release = asyncio.Event()
     calls: list[list[str]] = []
 
-    async def slow(model: str, params: dict, batch: list[str]) -> dict:
+    async def slow(model: str, params: dict, batch: list[str], tags: list) -> dict:
         calls.append(batch)
         await release.wait()
         choices = [
@@ -295,7 +319,7 @@ async def test_all_callers_cancelled_means_no_upstream_call(upstream):
 
 
 async def test_short_upstream_answer_is_an_error_not_a_wrong_split():
-    async def short(model: str, params: dict, batch: list[str]) -> dict:
+    async def short(model: str, params: dict, batch: list[str], tags: list) -> dict:
         return {"choices": [{"index": 0, "text": "only one", "finish_reason": "stop"}]}
 
     batcher = CompletionBatcher(window_ms=10, max_batch=20, send=short)
@@ -341,7 +365,7 @@ def test_apportion_sums_exactly():
     ("kwargs", "field"), [({"window_ms": -1}, "window_ms"), ({"max_batch": 0}, "max_batch")]
 )
 def test_invalid_settings_name_the_field(kwargs, field):
-    async def send(model: str, params: dict, batch: list[str]) -> dict:
+    async def send(model: str, params: dict, batch: list[str], tags: list) -> dict:
         return {}
 
     with pytest.raises(ValueError, match=field):

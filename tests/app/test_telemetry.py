@@ -63,6 +63,7 @@ class ExportedSpan:
     attributes: dict[str, Any]
     events: list[str]
     resource: dict[str, Any]
+    links: list[tuple[str, str]]  # (trace id, span id) of each linked span
 
 
 class Collector:
@@ -126,6 +127,7 @@ class Collector:
                                 attributes_of(span.attributes),
                                 [event.name for event in span.events],
                                 resource,
+                                [(ln.trace_id.hex(), ln.span_id.hex()) for ln in span.links],
                             )
                         )
         return sorted(out, key=lambda s: s.start)
@@ -557,3 +559,44 @@ async def test_each_endpoint_kind_names_its_genai_operation(simulator, collector
     assert response.attributes["gen_ai.request.max_tokens"] == 16
     assert streamed.attributes["gen_ai.usage.output_tokens"] > 0
     assert streamed.attributes["liftoff.stream"] == "complete"
+
+
+async def test_a_batched_call_is_linked_to_every_request_it_served(simulator, collector):
+    simulator.app.reset()
+    config = make_config(simulator.url, batching={"enabled": True, "window_ms": 100})
+    body = {"model": "fast", "max_tokens": 8, "temperature": 0.7}
+    async with running(config, otel(collector)) as gw:
+        answers = await asyncio.gather(
+            *(
+                gw.client.post(
+                    "/v1/completions", json={**body, "prompt": f"Tell {i}"}, headers=auth()
+                )
+                for i in range(3)
+            )
+        )
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        # A lone request's call is its own attempt, a child of its server span, as unbatched.
+        alone = await gw.client.post(
+            "/v1/completions", json={**body, "prompt": "Alone"}, headers=auth()
+        )
+        assert alone.status_code == 200
+        await flush(gw)
+    sent = simulator.app.recent_requests("/v1/completions")
+    assert [len(r["body"]["prompt"]) for r in sent] == [3, 1]
+    spans = collector.spans()
+    servers = of_kind(spans, Span.SPAN_KIND_SERVER)
+    batch, own = of_kind(spans, Span.SPAN_KIND_CLIENT)
+    members, lone = servers[:3], servers[3]
+    # The shared call: a trace of its own, linked to the three requests, and they to it.
+    assert batch.parent_span_id == "" and batch.trace_id not in {m.trace_id for m in members}
+    assert batch.attributes["liftoff.batch.size"] == 3
+    assert sorted(batch.links) == sorted((m.trace_id, m.span_id) for m in members)
+    assert all(m.links == [(batch.trace_id, batch.span_id)] for m in members)
+    assert parent_in(sent[0]["headers"]["traceparent"])[:2] == (batch.trace_id, batch.span_id)
+    assert (own.trace_id, own.parent_span_id) == (lone.trace_id, lone.span_id)
+    assert own.attributes.get("liftoff.batch.size") is None
+    # The shared call's tokens are counted once, by the call.
+    total = sum(a.json()["usage"]["completion_tokens"] for a in answers)
+    _, points = collector.histogram("gen_ai.client.token.usage")
+    outputs = sum(p.sum for attrs, p in points if attrs["gen_ai.token.type"] == "output")
+    assert outputs == total + alone.json()["usage"]["completion_tokens"]
