@@ -424,6 +424,19 @@ class RedisConfig(_Section):
         return value
 
 
+class ObjectsConfig(_Section):
+    """Stored objects (responses, files, uploads, batches, vector stores) per client key
+    (app/object_owners.py)."""
+
+    # An id no owner was recorded for (made outside the gateway, or before owners were kept).
+    unknown_owner: Literal["refuse", "allow"] = "refuse"
+    # OpenAI keeps a stored response 30 days; a batch's record lasts as long. Files, uploads and
+    # vector stores keep theirs until deleted, or to their own `expires_at` (+1 day).
+    owner_ttl_s: int = Field(30 * 86400, ge=3600, le=400 * 86400)
+    # In-process records (no Redis): the oldest past this many are forgotten (then refused).
+    max_owners_in_memory: int = Field(100_000, ge=100, le=10_000_000)
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
@@ -433,6 +446,7 @@ class GatewayConfig(_Section):
     budgets: BudgetsConfig = BudgetsConfig()
     batching: BatchingConfig = BatchingConfig()
     redis: RedisConfig = RedisConfig()
+    objects: ObjectsConfig = ObjectsConfig()
 
     @model_validator(mode="after")
     def _providers_known(self) -> GatewayConfig:

@@ -161,6 +161,22 @@ class StateUnavailable(GatewayError):
     """Limits are configured to fail closed and Redis is unavailable."""
 
 
+class OwnersUnavailable(StateUnavailable):
+    """The owner records of stored objects are unavailable (Redis down): refused, never leaked."""
+
+
+class ObjectNotFound(GatewayError):
+    """A stored object the key may not reach: answered as the provider's 404 for an unknown id
+    (app/object_owners.py), so that another key's object is not revealed to exist."""
+
+    def __init__(self, status: int, message: str, param: str | None, code: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
 # --- what the client sees ----------------------------------------------------------------------
 
 
@@ -302,6 +318,17 @@ def to_api_error(exc: BaseException) -> ApiError:
             )
         case NotReady():
             return ApiError(503, "The gateway is not ready.", "server_error", None, "not_ready")
+        case ObjectNotFound():
+            return ApiError(exc.status, exc.message, "invalid_request_error", exc.param, exc.code)
+        case OwnersUnavailable():
+            return ApiError(
+                503,
+                "Stored-object state is unavailable; try again shortly.",
+                "server_error",
+                None,
+                "service_unavailable",
+                {"retry-after": "1"},
+            )
         case StateUnavailable():
             return ApiError(
                 503,

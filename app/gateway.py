@@ -28,6 +28,7 @@ from app.limit_view import LimitView
 from app.limits import KeyPolicy, build_limit_store
 from app.log import AccessLog
 from app.metrics import Metrics
+from app.object_owners import ObjectOwners, build_object_owners
 from app.pipeline import Pipeline
 from app.providers import build_providers
 from app.redis_backend import create_redis
@@ -67,6 +68,7 @@ class Gateway:
         self.cache: Any = None
         self.flights: CacheFlights | None = None  # single flight for cacheable requests
         self.limits: Any = None
+        self.owners: ObjectOwners | None = None  # who owns each stored object (started: set)
         self.batcher: Any = None
         self.embedding_batcher: EmbeddingBatcher | None = None
         self.simulator: Any = None
@@ -136,6 +138,8 @@ class Gateway:
             )
         self.limits = build_limit_store(cfg.limits, self.redis)
         health = getattr(self.limits, "health", None)
+        # One Redis health for limits and owner records: one degraded state, one log line each way.
+        self.owners = build_object_owners(cfg.objects, self.redis, health)
         if health is not None:
             health.on_change = lambda degraded: self.metrics.state_degraded.set(int(degraded))
         self.flights = CacheFlights(

@@ -14,6 +14,7 @@ from typing import Any
 from app.config import GatewayConfig, ServerConfig
 from app.endpoints.passthrough import FAMILIES, PASSTHROUGH_ROUTES, Family
 from app.endpoints.responses_stored import _RESPONSE_ID
+from app.object_owners import KINDS
 from app.openapi_schemas import (
     Schema,
     own_schemas,
@@ -170,8 +171,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "Unavailable": _error(
         "not ready (starting or draining: not_ready), the model's circuit open "
         "(upstream_unavailable), more waiting for the model than it can serve in time "
-        "(overloaded), or limits unavailable with limits.on_redis_failure: closed "
-        "(service_unavailable)",
+        "(overloaded), or limits unavailable with limits.on_redis_failure: closed, or the owner "
+        "records of stored objects unavailable (service_unavailable)",
         _headers(**{"retry-after": "retry-after-if-any"}),
     ),
     "GatewayTimeout": _error("the provider did not answer in time (upstream_timeout)"),
@@ -351,8 +352,15 @@ RESPONSE_ID = _path_parameter(
     {"type": "string", "pattern": f"^{_RESPONSE_ID.pattern}$"},
     "a stored response's id (resp_...)",
 )
+# A stored object another key made (or, with objects.unknown_owner: refuse, none did).
+NOT_YOURS = _error(
+    "the provider's 404 for an unknown id: also for another client key's object, or one no key "
+    "owns with objects.unknown_owner: refuse (the same status and body)"
+)
+OWNED_PREFIXES = frozenset(kind.prefix for kind in KINDS)
 BAD_RESPONSE_ID = {
     "400": _error("response_id is not letters, digits, '_' or '-' (1 to 256)"),
+    "404": NOT_YOURS,
 }
 
 
@@ -426,8 +434,16 @@ def _passthrough(family: Family, method: str, suffix: str, limit: int) -> dict[s
         "summary": f"{method} {family.prefix}{'/...' if suffix else ''}, passed to the provider",
         "description": f"Forwarded with the client key checked and its request limit applied; "
         f"body up to {limit} bytes, streamed up as it arrives, and the provider's answer "
-        "streamed back. Not cached; usage in a JSON answer is accounted.",
-        "responses": _forwarded_responses(),
+        "streamed back. Not cached; usage in a JSON answer is accounted."
+        + (
+            " Its objects are per client key: another key's id is answered as unknown, a list "
+            "shows the caller's own (an admin key's: all)."
+            if family.prefix in OWNED_PREFIXES
+            else ""
+        ),
+        "responses": _forwarded_responses(
+            {"404": NOT_YOURS} if suffix and family.prefix in OWNED_PREFIXES else None
+        ),
     }
     if suffix:
         operation["parameters"] = [

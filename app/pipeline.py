@@ -130,6 +130,8 @@ class Pipeline:
         models = self.config.models
         parsed = endpoint.validate(body, models)
         ctx.model = parsed.model
+        if endpoint.stores_objects:
+            await endpoint.check_objects(self, parsed, key)
         if trace is not None:
             trace.request(parsed)
         if self.config.server.log_prompts:
@@ -380,6 +382,8 @@ class Pipeline:
         # The relay assembles the answer for the cache, and for the log when prompts are logged.
         assemble = cache_key is not None or self.config.server.log_prompts
         relay = endpoint.relay(parsed, assemble)
+        if endpoint.stores_objects:
+            endpoint.track_objects(self, parsed, relay, ctx)
         ctx.headers["x-liftoff-cache"] = ctx.cache or "bypass"
         pipeline = self
         state = {"outcome": "client_gone", "closed": False}

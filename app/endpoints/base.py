@@ -23,6 +23,7 @@ from app.schemas import ParsedRequest, apply_token_limits
 from app.streaming import StreamRelay, error_event
 
 if TYPE_CHECKING:
+    from app.auth import ClientKey
     from app.pipeline import Pipeline
 
 
@@ -35,6 +36,9 @@ class GenerationEndpoint:
     caches_items = False  # True: the kind caches parts of a request itself, in `respond`
     # Whether a provider stream event is its last; None: `data: [DONE]`.
     stream_end: Callable[[bytes], bool] | None = None
+    # True: its requests name or make stored objects (app/object_owners.py): the pipeline calls
+    # `check_objects` before admission and `track_objects` on each stream (others: this check).
+    stores_objects = False
 
     def validate(self, body: dict[str, Any], models: ModelsConfig) -> ParsedRequest:
         raise NotImplementedError
@@ -64,6 +68,16 @@ class GenerationEndpoint:
 
     def completion_for_log(self, response: dict[str, Any]) -> Any:
         raise NotImplementedError
+
+    async def check_objects(
+        self, pipeline: Pipeline, parsed: ParsedRequest, key: ClientKey
+    ) -> None:
+        """Refuse a request naming a stored object its key may not reach."""
+
+    def track_objects(
+        self, pipeline: Pipeline, parsed: ParsedRequest, relay: Any, ctx: Ctx
+    ) -> None:
+        """Record the owner of what a stream makes, as its events pass."""
 
     def stream_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """The body sent upstream for a stream: with usage (what the budget settles on)."""

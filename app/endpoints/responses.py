@@ -14,20 +14,30 @@ A response is cached only when its replay is honest (`canonical_responses`): det
 `store: false`, not continuing stored state, and with client-executed tools only. The event
 stream is relayed by app/endpoints/responses_stream.py, a cached response served again by
 app/endpoints/responses_replay.py; the stored-response routes are in responses_stored.py.
+
+A stored response (`store` not false) is owned by the client key that made it
+(app/object_owners.py): its owner is recorded from the JSON answer, or from a stream's
+`response.created` event. A request naming another key's stored object is refused before any
+call as the provider refuses an unknown one: a `previous_response_id` (400
+`previous_response_not_found`), a file search's vector store, an input part's file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from app.accounting import TokenCounter, TokenUsage
 from app.cache import NON_OUTPUT_FIELDS
 from app.config import ModelsConfig
+from app.context import Ctx
 from app.endpoints import responses_replay, responses_stream
 from app.endpoints.base import GenerationEndpoint
 from app.endpoints.responses_stream import ResponsesRelay
-from app.errors import ApiError, InvalidRequest, echo
+from app.errors import ApiError, InvalidRequest, ObjectNotFound, echo
+from app.object_owners import FILES, VECTOR_STORES, Reference
 from app.schemas import (
     ParsedRequest,
     _boolean,
@@ -38,6 +48,10 @@ from app.schemas import (
     as_integer,
     resolve_model,
 )
+
+if TYPE_CHECKING:
+    from app.auth import ClientKey
+    from app.pipeline import Pipeline
 
 # OpenAI refuses a smaller cap: "integer below minimum value. Expected a value >= 16".
 MIN_OUTPUT_TOKENS = 16
@@ -342,6 +356,7 @@ class ResponsesEndpoint(GenerationEndpoint):
     path = "/v1/responses"
     # No `data: [DONE]`: the stream ends with its terminal event.
     stream_end = staticmethod(responses_stream.ends_stream)
+    stores_objects = True
 
     def validate(self, body: dict[str, Any], models: ModelsConfig) -> ParsedRequest:
         return validate_responses(body, models)
@@ -375,3 +390,81 @@ class ResponsesEndpoint(GenerationEndpoint):
 
     def replay(self, response: dict[str, Any], parsed: ParsedRequest) -> list[bytes]:
         return responses_replay.replay(response)
+
+    async def check_objects(
+        self, pipeline: Pipeline, parsed: ParsedRequest, key: ClientKey
+    ) -> None:
+        owners = pipeline.gateway.owners
+        references = stored_references(parsed.body)
+        if owners is not None and references:
+            await owners.require(key, references)
+
+    async def call(
+        self, pipeline: Pipeline, parsed: ParsedRequest, body: dict[str, Any], ctx: Ctx
+    ) -> tuple[bytes, str]:
+        data, model = await super().call(pipeline, parsed, body, ctx)
+        owners = pipeline.gateway.owners
+        if owners is not None and _stored(body):
+            try:
+                answer = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                answer = None  # the pipeline answers 502 for it
+            # The answer is already paid for: a record Redis cannot take is logged, not refused.
+            await owners.claim(ctx.key, answer, required=False)
+        return data, model
+
+    def track_objects(
+        self, pipeline: Pipeline, parsed: ParsedRequest, relay: ResponsesRelay, ctx: Ctx
+    ) -> None:
+        owners = pipeline.gateway.owners
+        if owners is not None and _stored(parsed.body):
+            key_name = ctx.key
+            # Written before the event reaches the client (the next loop turn, in order on the
+            # Redis connection), so a retrieve right after the first event finds it.
+            relay.on_created = lambda response: pipeline.after(
+                owners.claim(key_name, response, required=False)
+            )
+
+
+def stored_references(body: Mapping[str, Any]) -> list[Reference]:
+    """The stored objects a request names, each with the provider's refusal of an unknown one
+    there: the response it continues (`previous_response_id`), its `conversation`, the vector
+    stores its file search reads, the files its input parts attach."""
+    found: list[Reference] = []
+    previous = body.get("previous_response_id")
+    if isinstance(previous, str):
+        refusal = ObjectNotFound(
+            400,
+            f"Previous response with id '{echo(previous)}' not found.",
+            "previous_response_id",
+            "previous_response_not_found",
+        )
+        found.append(Reference(previous, refusal))
+    # No gateway route makes conversations: one is an unknown id (objects.unknown_owner).
+    conversation = body.get("conversation")
+    if isinstance(conversation, dict):
+        conversation = conversation.get("id")
+    if isinstance(conversation, str):
+        message = f"Conversation with id '{echo(conversation)}' not found."
+        found.append(Reference(conversation, ObjectNotFound(404, message, None, None)))
+    for i, tool in enumerate(body.get("tools") or ()):
+        stores = tool.get("vector_store_ids") if tool.get("type") == "file_search" else None
+        for store_id in stores if isinstance(stores, list) else ():
+            if isinstance(store_id, str):
+                message = VECTOR_STORES.missing.format(id=echo(store_id))
+                param = f"tools[{i}].vector_store_ids"
+                found.append(Reference(store_id, ObjectNotFound(400, message, param, None)))
+    for i, item in enumerate(input_items(body)):
+        content = item.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            file_id = part.get("file_id") if isinstance(part, dict) else None
+            if isinstance(file_id, str):
+                message = FILES.missing.format(id=echo(file_id))
+                param = f"input[{i}].content[{j}].file_id"
+                found.append(Reference(file_id, ObjectNotFound(400, message, param, None)))
+    return found
+
+
+def _stored(body: Mapping[str, Any]) -> bool:
+    """Whether the provider stores the response (`store` is true by default)."""
+    return body.get("store", True) is not False

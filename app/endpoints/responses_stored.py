@@ -8,6 +8,8 @@ Each is forwarded to the provider with the client's key checked and its request 
 the query string and the body go as the client sent them (`input_tokens`: the model alias
 resolved) and the provider's answer comes back as it is, its own 404 included. A response is
 stored at one provider: these go to the first configured one (a response id names no model).
+A response another client key made is answered with the provider's 404 for an unknown id
+(app/object_owners.py); a deleted one's owner record is dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from starlette.responses import Response
 from app.context import Ctx
 from app.endpoints.passthrough import forward
 from app.errors import InvalidRequest, ModelNotFound
+from app.object_owners import RESPONSES, ObjectRoute
 
 if TYPE_CHECKING:
     from app.gateway import Gateway
@@ -32,18 +35,20 @@ _RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 async def stored_response(gateway: Gateway, request: Request, ctx: Ctx) -> Response:
     """GET (retrieve) or DELETE one stored response."""
-    path = f"/v1/responses/{_response_id(request)}"
-    return await _forward(gateway, request, ctx, path)
+    response_id = _response_id(request)
+    return await _forward(gateway, request, ctx, f"/v1/responses/{response_id}", response_id)
 
 
 async def cancel_response(gateway: Gateway, request: Request, ctx: Ctx) -> Response:
-    path = f"/v1/responses/{_response_id(request)}/cancel"
-    return await _forward(gateway, request, ctx, path)
+    response_id = _response_id(request)
+    path = f"/v1/responses/{response_id}/cancel"
+    return await _forward(gateway, request, ctx, path, response_id)
 
 
 async def list_input_items(gateway: Gateway, request: Request, ctx: Ctx) -> Response:
-    path = f"/v1/responses/{_response_id(request)}/input_items"
-    return await _forward(gateway, request, ctx, path)
+    response_id = _response_id(request)
+    path = f"/v1/responses/{response_id}/input_items"
+    return await _forward(gateway, request, ctx, path, response_id)
 
 
 async def count_input_tokens(gateway: Gateway, request: Request, ctx: Ctx) -> Response:
@@ -63,7 +68,7 @@ async def count_input_tokens(gateway: Gateway, request: Request, ctx: Ctx) -> Re
             raise ModelNotFound(model)
         body["model"] = ctx.model = resolved
     path = "/v1/responses/input_tokens"
-    return await _forward(gateway, request, ctx, path, orjson.dumps(body), body.get("model"))
+    return await _forward(gateway, request, ctx, path, None, orjson.dumps(body), body.get("model"))
 
 
 def _response_id(request: Request) -> str:
@@ -82,11 +87,15 @@ async def _forward(
     request: Request,
     ctx: Ctx,
     path: str,
+    response_id: str | None,
     body: bytes | None = None,
     model: str | None = None,
 ) -> Response:
+    """`response_id`: the stored response the path names (None: input_tokens, which names
+    none and stores nothing)."""
     limit = gateway.config.server.max_body_bytes
-    return await forward(gateway, request, ctx, path, limit, body, model)
+    objects = None if response_id is None else ObjectRoute(RESPONSES, response_id)
+    return await forward(gateway, request, ctx, path, limit, body, model, objects)
 
 
 # (path, metric route label, handler, methods); input_tokens before "{response_id}" (no id).

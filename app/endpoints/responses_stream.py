@@ -10,6 +10,7 @@ cached, is the whole response exactly as a JSON request would have returned it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,8 @@ class ResponsesRelay:
     upstream_error: dict[str, Any] | None = None
     response: dict[str, Any] | None = None
     last: bytes = b""
+    # Given the response of `response.created` (its id: a stored response's owner is recorded).
+    on_created: Callable[[Any], None] | None = None
 
     def process(self, event: bytes) -> bytes:
         self.last = event
@@ -80,6 +83,9 @@ class ResponsesRelay:
                 self.chunks += 1
             elif kind in TERMINAL_TYPES:
                 self._finish(kind, event)
+            elif kind == b"response.created" and self.on_created is not None:
+                payload = event_json(event)
+                self.on_created(payload.get("response") if isinstance(payload, dict) else None)
         return event + b"\n\n"
 
     def _finish(self, kind: bytes, event: bytes) -> None:

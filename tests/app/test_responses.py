@@ -21,6 +21,7 @@ from app.endpoints.responses_replay import replay
 from app.endpoints.responses_stream import ResponsesRelay, ends_stream
 from app.server import create_app
 from tests.app.gateway_harness import (
+    ADMIN,
     ALICE,
     BOB,
     PROVIDER_KEY,
@@ -228,13 +229,14 @@ def test_cancel_is_forwarded(gateway_url, simulator):
     synchronous = client.responses.create(model="fast", input="Done already", max_output_tokens=20)
     with pytest.raises(openai.BadRequestError, match="synchronous"):
         client.responses.cancel(synchronous.id)
-    # A background response (made at the provider directly: the gateway does not relay them).
+    # A background response (made at the provider directly: the gateway does not relay them;
+    # no key owns it, so only an admin key reaches it).
     queued = httpx.post(
         f"{simulator.url}/v1/responses",
         json={"model": "gpt-4o-mini", "input": "Slow", "background": True},
         headers={"authorization": f"Bearer {PROVIDER_KEY}", "x-simulator-ttft-ms": "5000"},
     ).json()
-    cancelled = client.responses.cancel(queued["id"])
+    cancelled = sdk(gateway_url, key=ADMIN).responses.cancel(queued["id"])
     assert cancelled.id == queued["id"] and cancelled.status == "cancelled"
 
 
