@@ -145,6 +145,16 @@ def create_app(
     def route(path: str, name: str, handler: Handler, methods: list[str]) -> Route:
         return Route(path, _endpoint(gateway, name, handler), methods=methods)
 
+    def traced(template: str, handler: Handler) -> Handler:
+        """A passthrough route: its requests get HTTP spans when telemetry is on."""
+
+        async def call(request: Request, ctx: Ctx) -> Response:
+            if gateway.telemetry is not None:
+                gateway.telemetry.start_route(request.method, template, request.url.path, ctx)
+            return await handler(request, ctx)
+
+        return call
+
     hot_routes = {
         endpoint.path: _endpoint(gateway, endpoint.name, generation(endpoint))
         for endpoint in GENERATION_ENDPOINTS
@@ -155,7 +165,7 @@ def create_app(
         route("/v1/models/{model:path}", "models", bound(retrieve_model), ["GET"]),
         route("/v1/usage", "usage", bound(usage), ["GET"]),
         *(
-            route(path, name, bound(call), methods)
+            route(path, name, traced(path, bound(call)), methods)
             for path, name, call, methods in (*STORED_ROUTES, *PASSTHROUGH_ROUTES)
         ),
         route("/admin/cache/invalidate", "invalidate", bound(invalidate), ["POST"]),

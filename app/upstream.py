@@ -434,6 +434,9 @@ class UpstreamClient:
         async def once() -> RawReply:
             signed = (body or b"") if isinstance(body, bytes | None) else None  # None: streamed
             out = [*sent, *(await chosen.auth_headers(method, url, signed)).items()]
+            if stats.trace_headers:  # this attempt's span, over any traceparent forwarded
+                out = [(k, v) for k, v in out if k.lower() not in stats.trace_headers]
+                out += stats.trace_headers.items()
             session = self._session(chosen)
             started = time.perf_counter()
             stats.attempts += 1

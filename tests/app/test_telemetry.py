@@ -600,3 +600,43 @@ async def test_a_batched_call_is_linked_to_every_request_it_served(simulator, co
     _, points = collector.histogram("gen_ai.client.token.usage")
     outputs = sum(p.sum for attrs, p in points if attrs["gen_ai.token.type"] == "output")
     assert outputs == total + alone.json()["usage"]["completion_tokens"]
+
+
+async def test_passthrough_requests_get_http_spans_and_no_genai_operation(simulator, collector):
+    simulator.app.reset()
+    async with running(make_config(simulator.url), otel(collector)) as gw:
+        listed = await gw.client.get("/v1/files?limit=5", headers=auth())
+        assert listed.status_code == 200
+        # Refused by the gateway (an id no key made): a server span, no provider call.
+        missing = await gw.client.get("/v1/batches/batch_unknown", headers=auth())
+        assert missing.status_code == 404
+        await flush(gw)
+    spans = collector.spans()
+    files, batch = of_kind(spans, Span.SPAN_KIND_SERVER)
+    (attempt,) = of_kind(spans, Span.SPAN_KIND_CLIENT)
+    assert files.name == "GET /v1/files" and batch.name == "GET /v1/batches/{rest:path}"
+    assert {k: files.attributes.get(k) for k in ("http.route", "url.path")} == {
+        "http.route": "/v1/files",
+        "url.path": "/v1/files",
+    }
+    assert files.attributes["http.response.status_code"] == 200
+    assert batch.attributes["http.response.status_code"] == 404
+    assert batch.attributes["url.path"] == "/v1/batches/batch_unknown"
+    assert files.attributes["liftoff.key"] == "alice"
+    assert not any(k.startswith("gen_ai.") for s in spans for k in s.attributes)
+    # The provider attempt: a child of the request's span, whose context the provider got.
+    assert attempt.name == "GET" and attempt.parent_span_id == files.span_id
+    assert attempt.attributes["http.response.status_code"] == 200
+    assert files.start <= attempt.start and attempt.end <= files.end
+    (sent,) = simulator.app.recent_requests("/v1/files")
+    assert parent_in(sent["headers"]["traceparent"])[:2] == (attempt.trace_id, attempt.span_id)
+    # Passthrough calls are no GenAI operation: no GenAI metric for them (a chat request
+    # exports gen_ai.server.request.duration, see above).
+    exported = {
+        metric.name
+        for export in collector.metrics
+        for resource_metrics in export.resource_metrics
+        for scope in resource_metrics.scope_metrics
+        for metric in scope.metrics
+    }
+    assert not {name for name in exported if name.startswith("gen_ai.")}
