@@ -1,9 +1,10 @@
 """`python -m app`: the gateway under uvicorn (uvloop + httptools), configured from the environment.
 
-SIGTERM: readiness goes false at once (``/readyz`` answers 503), the server waits
-``server.shutdown_delay_s`` (so load balancers stop sending), then stops accepting connections and
-lets in-flight requests and streams finish within ``server.graceful_shutdown_s``. SIGINT (Ctrl-C at
-a terminal, no load balancer to wait for) and a second signal skip the delay.
+SIGTERM: readiness goes false at once (``/readyz`` answers 503), the server keeps serving for
+``server.shutdown_delay_s`` (so load balancers stop sending; each answer then closes its
+connection), then stops accepting connections once requests stopped arriving and lets in-flight
+requests and streams finish within ``server.graceful_shutdown_s`` (:mod:`app.drain`). SIGINT
+(Ctrl-C at a terminal, no load balancer to wait for) and a second signal skip the delay.
 
 Connections are served by :class:`app.http_protocol.LimitedHttpProtocol` (header limits, read
 deadlines, a connection bound, JSON refusals).
@@ -11,19 +12,17 @@ deadlines, a connection bound, JSON refusals).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
 import resource
-import signal
 import sys
-from types import FrameType
 
 import uvicorn
 
 from app.auth import parse_client_keys
 from app.config import ConfigError, GatewayConfig, load_config
+from app.drain import Drain, DrainingServer
 from app.http_protocol import LimitedHttpProtocol
 from app.log import setup_logging
 from app.metrics import worker_metrics_dir
@@ -85,27 +84,6 @@ def _ensure_descriptors(config: GatewayConfig) -> None:
         )
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn.Server whose first SIGTERM marks the gateway not ready, waits the delay, then
-    drains; SIGINT marks it not ready and drains at once."""
-
-    def __init__(self, config: uvicorn.Config, gateway: object, delay_s: float) -> None:
-        super().__init__(config)
-        self._gateway = gateway
-        self._delay_s = delay_s
-        self._signalled = False
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._signalled or self._delay_s <= 0 or sig != signal.SIGTERM:
-            self._gateway.begin_drain()
-            super().handle_exit(sig, frame)
-            return
-        self._signalled = True
-        self._gateway.begin_drain()
-        loop = asyncio.get_event_loop()
-        loop.call_soon_threadsafe(loop.call_later, self._delay_s, super().handle_exit, sig, frame)
-
-
 def main() -> None:
     setup_logging(os.environ.get("LIFTOFF_LOG_LEVEL", "INFO").upper())
     env = dict(os.environ)
@@ -123,11 +101,12 @@ def main() -> None:
         sys.exit(2)
     print(_banner(config, env), file=sys.stderr, flush=True)
     _ensure_descriptors(config)
+    drain = Drain()
     common = dict(
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",
-        http=functools.partial(LimitedHttpProtocol, limits=config.server),
+        http=functools.partial(LimitedHttpProtocol, limits=config.server, drain=drain),
         # The gateway serves no WebSocket: an Upgrade header stays a plain HTTP request, under
         # the limits above.
         ws="none",
@@ -146,7 +125,7 @@ def main() -> None:
         return
     app = create_app(config, env, tune_gc=True)
     server = DrainingServer(
-        uvicorn.Config(app, **common), app.state.gateway, config.server.shutdown_delay_s
+        uvicorn.Config(app, **common), app.state.gateway, drain, config.server.shutdown_delay_s
     )
     server.run()
 

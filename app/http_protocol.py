@@ -15,7 +15,8 @@ app sees a request, the ``server`` settings:
 - at most ``max_connections`` open connections per process: a request on a connection opened
   beyond them gets 503 with ``Retry-After``, which every OpenAI SDK retries (a dropped connection
   would reach the client as the load balancer's bare 502);
-- an unparsable request (bad request line, method or version) gets 400.
+- an unparsable request (bad request line, method or version) gets 400;
+- once the server drains (:mod:`app.drain`), every answer closes its connection.
 
 Every refusal is an OpenAI-shaped JSON error with ``Connection: close``; the connection then
 half-closes and discards what the client still sends for :data:`LINGER_S` before closing, so the
@@ -36,6 +37,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app.config import ServerConfig
+from app.drain import Drain
 from app.errors import ApiError
 
 log = logging.getLogger("liftoff.http")
@@ -112,9 +114,10 @@ class _Refused(Exception):
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header limits, read deadlines, a connection bound and
-    JSON refusals. Build it with ``functools.partial(LimitedHttpProtocol, limits=server_config)``
-    as uvicorn's ``Config(http=...)``, with ``ws="none"`` (no connection is ever upgraded)."""
+    """uvicorn's httptools protocol with header limits, read deadlines, a connection bound,
+    JSON refusals and drain-aware keep-alive. Build it with
+    ``functools.partial(LimitedHttpProtocol, limits=server_config, drain=drain)`` as uvicorn's
+    ``Config(http=...)``, with ``ws="none"`` (no connection is ever upgraded)."""
 
     def __init__(
         self,
@@ -124,9 +127,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
         *,
         limits: ServerConfig,
+        drain: Drain,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._limits = limits
+        self._drain = drain
         self._max_header_bytes = limits.max_header_bytes
         # Bytes handed to the parser since the last request ended (leading CRLFs included).
         self._head_bytes = 0
@@ -213,6 +218,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             # This head began before the previous response ended, which then armed the timer.
             self._unset_keepalive_if_required()
         super().on_headers_complete()
+        self._drain.saw_request(self.scope["path"])
+        if self._drain.began:
+            self.cycle.keep_alive = False  # answered with Connection: close, then closed
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -232,6 +240,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)
+
+    def close_after_answer(self) -> None:
+        """The drain began: the answers whose head is not sent yet close their connection (the
+        head says so, ``Connection: close``, so the load balancer does not reuse it)."""
+        cycles = [self.cycle, *(cycle for cycle, _ in self.pipeline)]
+        for cycle in cycles:
+            if cycle is not None and not cycle.response_started:
+                cycle.keep_alive = False
 
     # --- read deadlines ----------------------------------------------------------------------
 

@@ -9,10 +9,12 @@ health checks on `/readyz`, no retries, so every request a gateway drops reaches
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 import urllib.error
@@ -38,7 +40,8 @@ SIMULATOR_HEADERS = (
 )
 # HAProxy health checks: every CHECK_INTER_MS, down after CHECK_FALL failures, up after CHECK_RISE
 # successes. The gateway's shutdown delay must outlast inter x fall, plus the event-loop lag of a
-# loaded gateway answering the check.
+# loaded gateway answering the check; when it does not, the gateway keeps its listener open while
+# requests still arrive (app/drain.py).
 CHECK_INTER_MS = 250
 CHECK_FALL = 3
 CHECK_RISE = 2
@@ -90,6 +93,7 @@ class Cluster:
     client_keys: list[dict[str, Any]]
     gateways: list[Gateway] = field(default_factory=list)
     haproxy_url: str | None = None
+    haproxy_socket: Path | None = None  # HAProxy's stats socket: its view of the gateways
     children: list[Child] = field(default_factory=list)
     # (start, end, provider calls) of each phase run so far: the retry budget's window reaches
     # back into the previous phase.
@@ -122,6 +126,41 @@ class Cluster:
         gateway.child.process.send_signal(signal.SIGTERM)
         gateway.child.process.wait(timeout=timeout_s)
         return time.monotonic() - started
+
+    def balancer_view(self, gateway: Gateway) -> tuple[str, int]:
+        """HAProxy's status of `gateway` (UP, DOWN, "DOWN 1/2" on its way up ...) and how many
+        2xx answers it has relayed from it, from the stats socket (`show stat`)."""
+        assert self.haproxy_socket is not None
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.haproxy_socket))
+            sock.sendall(b"show stat\n")
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        rows = csv.DictReader(raw.decode().removeprefix("# ").splitlines())
+        for row in rows:
+            if row["pxname"] == "gateways" and row["svname"] == f"gw{gateway.index}":
+                return row["status"], int(row["hrsp_2xx"] or 0)
+        raise RuntimeError(f"HAProxy has no server gw{gateway.index}: {raw[:300]!r}")
+
+    def wait_balanced(
+        self, gateway: Gateway, answered_more_than: int | None = None, timeout_s: float = 60
+    ) -> float:
+        """Wait until HAProxy sends to `gateway`: its checks passed (UP) and, with
+        `answered_more_than`, it relayed an answer of it since (the gateway serves, not only its
+        checks). Returns how long it took."""
+        started = time.monotonic()
+        while True:
+            status, answered = self.balancer_view(gateway)
+            if status == "UP" and (answered_more_than is None or answered > answered_more_than):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise RuntimeError(
+                    f"HAProxy did not send to gw{gateway.index} within {timeout_s} s: {status}, "
+                    f"{answered} answers"
+                )
+            time.sleep(0.05)
 
     def metrics(self) -> list[str]:
         """Each live gateway's /metrics text (an empty string for one that does not answer)."""
@@ -199,7 +238,7 @@ def gateway_config(simulator_url: str, redis_url: str, replicas: int, timings: T
     }
 
 
-def haproxy_config(port: int, gateways: list[Gateway]) -> str:
+def haproxy_config(port: int, gateways: list[Gateway], stats_socket: Path) -> str:
     servers = "\n".join(
         f"    server gw{g.index} 127.0.0.1:{g.port} check inter {CHECK_INTER_MS}ms "
         f"fall {CHECK_FALL} rise {CHECK_RISE}"
@@ -207,6 +246,7 @@ def haproxy_config(port: int, gateways: list[Gateway]) -> str:
     )
     return f"""global
     maxconn 4096
+    stats socket {stats_socket} mode 600 level user
 
 defaults
     mode http
@@ -289,13 +329,14 @@ def cluster(
         if haproxy is not None:
             port = free_port()
             cfg = workdir / "haproxy.cfg"
-            cfg.write_text(haproxy_config(port, run.gateways))
+            run.haproxy_socket = workdir / "haproxy.sock"
+            cfg.write_text(haproxy_config(port, run.gateways, run.haproxy_socket))
             proxy = spawn("haproxy", [haproxy, "-db", "-f", str(cfg)], base_env, None, workdir)
             children.append(proxy)
             run.haproxy_url = f"http://127.0.0.1:{port}"
             wait_ready(proxy, f"{run.haproxy_url}/readyz")
-            # Every server must have passed its first checks before the load starts.
-            time.sleep(CHECK_INTER_MS * CHECK_RISE / 1000 + 0.5)
+            for gateway in run.gateways:  # each passed its first checks before the load starts
+                run.wait_balanced(gateway)
         yield run
     finally:
         for child in reversed(children):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reliability import load
-from reliability.cluster import CHECK_INTER_MS, CHECK_RISE, Cluster
+from reliability.cluster import Cluster
 from reliability.load import Outcome, Spec
 from reliability.usage import settled_usage, token, usage_of
 
@@ -547,19 +547,21 @@ async def stream_cut(cluster: Cluster, rate: float, duration_s: float, seed: int
 
 async def rolling_restart(cluster: Cluster, rate: float, duration_s: float, seed: int) -> Phase:
     rng = random.Random(seed)
-    rise_s = CHECK_INTER_MS * CHECK_RISE / 1000 + 0.5
 
     finished: list[float] = []
 
     def during() -> dict[str, Any]:
         time.sleep(1.0)
-        drains = []
+        drains, back = [], []
         for gateway in cluster.gateways:
             drains.append(round(cluster.sigterm_gateway(gateway), 2))
             cluster.start_gateway(gateway)
-            time.sleep(rise_s)  # HAProxy sees it up again before the next one goes
+            # The next one goes only once HAProxy sends to this one again and it answers
+            # (a fixed wait may leave one gateway, cold or unseen, to carry the whole load).
+            _, answered = cluster.balancer_view(gateway)
+            back.append(round(cluster.wait_balanced(gateway, answered_more_than=answered), 2))
         finished.append(time.monotonic())
-        return {"drain_s": drains, "finished": finished[0]}
+        return {"drain_s": drains, "back_in_balancer_s": back, "finished": finished[0]}
 
     phase, info = await run_phase(
         cluster, "rolling-restart", make=lambda n: load.mixed(rng, token(LOAD_KEY)), rate=rate,
@@ -567,6 +569,7 @@ async def rolling_restart(cluster: Cluster, rate: float, duration_s: float, seed
         stop=lambda: bool(finished) and time.monotonic() > finished[0] + 1.0,
     )  # fmt: skip
     phase.checks["drain_s"] = info["drain_s"]
+    phase.checks["back_in_balancer_s"] = info["back_in_balancer_s"]
     phase.checks["restarts_done_before_load_ended"] = info["finished"] <= max(
         o.started for o in phase.outcomes
     )
