@@ -138,6 +138,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._heads_read = 0
         self._in_head = False  # a request's first byte arrived, its head has not ended
         self._in_body = False  # its head ended, its body has not
+        # Bytes of the body still to come, by its Content-Length (None: chunked, or no body).
+        self._body_left: int | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_for: tuple[bool, int] | None = None  # (in body, heads read) it guards
         self._refusal: ApiError | None = None  # set by a callback before it raises _Refused
@@ -214,6 +216,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._in_body = True
         self._heads_read += 1
+        self._body_left = _content_length(self.headers)
         if self.timeout_keep_alive_task is not None:
             # This head began before the previous response ended, which then armed the timer.
             self._unset_keepalive_if_required()
@@ -221,6 +224,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._drain.saw_request(self.scope["path"])
         if self._drain.began:
             self.cycle.keep_alive = False  # answered with Connection: close, then closed
+
+    def on_body(self, body: bytes) -> None:
+        if self._body_left is not None:
+            self._body_left -= len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -232,8 +240,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if unread_body and not self._refused and not self.transport.is_closing():
             # The app answered before the request's body ended (413, 401, 415 ...): the rest is
-            # never wanted. Half-close after the answer, drop what still comes for LINGER_S so
-            # the client reads the answer rather than a reset, then close.
+            # never wanted. A short rest is read and dropped (uvicorn ignores a body after its
+            # answer) and the connection kept: its answer did not say `Connection: close`, so a
+            # client may already be sending its next request on it. A long or unbounded rest is
+            # not read: half-close after the answer, drop what still comes for LINGER_S so the
+            # client reads the answer rather than a reset, then close.
+            left = self._body_left
+            if left is not None and left <= self._limits.max_body_bytes:
+                return
             self._refused = True
             self._cancel_deadline()
             self._unset_keepalive_if_required()
@@ -318,6 +332,21 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The declared body length (None without one, or with chunked encoding: its end is only
+    known when it comes); the parser has already refused a malformed or conflicting one."""
+    length = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return None
+    return length
 
 
 def _warn_at_capacity(open_connections: int, bound: int) -> None:

@@ -365,3 +365,43 @@ def test_sdk_traffic_is_unaffected(gateway):
         assert any(c.choices and c.choices[0].delta.content for c in chunks)
     finally:
         client.close()
+
+
+def _read_response(sock: socket.socket, limit_s: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """One response (with a Content-Length) off a connection that stays open; ('', ...) on EOF."""
+    raw = b""
+    deadline = time.monotonic() + limit_s
+    while True:
+        _, sep, rest = raw.partition(b"\r\n\r\n")
+        if sep:
+            status, headers, _ = _parse(raw)
+            if len(rest) >= int(headers.get("content-length", "0")):
+                return status, headers, rest
+        assert time.monotonic() < deadline, f"no complete response in {limit_s} s: {raw[:300]!r}"
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        if not chunk:
+            return 0, {}, raw  # the server closed the connection
+        raw += chunk
+
+
+def test_an_answer_before_a_short_body_keeps_the_connection(gateway):
+    """A 401 answered from the head alone, before the body arrived (an SDK writes head and body
+    apart): the rest of a short body is read and dropped, and the connection serves the next
+    request. Half-closing it instead raced the client, which reused it: 'Server disconnected'."""
+    body = orjson.dumps({"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer wrong-key-0123456789abcdef\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with _connection(gateway) as sock:
+        sock.sendall(head)
+        status, headers, answer = _read_response(sock)
+        assert status == 401 and orjson.loads(answer)["error"]["code"] == "invalid_api_key"
+        assert headers.get("connection") != "close"
+        sock.sendall(body)  # the rest of the refused request, then the next one
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, _, answer = _read_response(sock)
+        assert status == 200, answer[:300]
+        assert orjson.loads(answer) == {"status": "ok"}
