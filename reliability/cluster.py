@@ -56,6 +56,8 @@ class Timings:
     token_ms: float = 8.0
     timeout_read_s: float = 1.5  # small, so the hung-upstream phase ends in seconds
     queue_timeout_s: float = 5.0  # upstream.queue_timeout_s: the longest wait for a model's slot
+    # upstream.deadline_s: one request's provider calls in all (under the attempts' 21 s sum)
+    deadline_s: float = 8.0
     max_attempts: int = 3
     retry_base_s: float = 0.05
     retry_cap_s: float = 0.5
@@ -65,10 +67,11 @@ class Timings:
 
     def worst_case_s(self) -> float:
         """The longest the configured timeouts let a request take when the provider hangs: each
-        attempt may wait for a concurrency slot, then for the read timeout; the capped back-off
-        between attempts; a second of scheduling slack."""
+        attempt may wait for a concurrency slot, then for the read timeout, with the capped
+        back-off between attempts, all within the deadline; a second of scheduling slack."""
         attempt = self.queue_timeout_s + self.timeout_read_s
-        return self.max_attempts * attempt + (self.max_attempts - 1) * self.retry_cap_s + 1.0
+        attempts = self.max_attempts * attempt + (self.max_attempts - 1) * self.retry_cap_s
+        return min(attempts, self.deadline_s) + 1.0
 
 
 @dataclass
@@ -222,6 +225,7 @@ def gateway_config(simulator_url: str, redis_url: str, replicas: int, timings: T
             "url": simulator_url,
             "timeout_read_s": timings.timeout_read_s,
             "queue_timeout_s": timings.queue_timeout_s,
+            "deadline_s": timings.deadline_s,
             "retry": {
                 "max_attempts": timings.max_attempts,
                 "base_s": timings.retry_base_s,
