@@ -39,6 +39,7 @@ from app.errors import (
     UpstreamError,
     to_api_error,
 )
+from app.limits import Admission
 from app.redis_backend import BackendUnavailable
 from app.response_types import RelayResponse, iter_list, json_response
 from app.schemas import ParsedRequest
@@ -198,18 +199,13 @@ class Pipeline:
                 cache_key, found = await lookup
                 if admission is None:
                     self.flights.abandon(cache_key, found)
-        if early is not None and not admission.allowed:
-            abandon_stream(early)
-        ctx.admitted = True
-        ctx.headers.update(admission.headers)
-        self.view.remember(key.name, admission.headers, admission.budget_remaining_usd)
+        if not admission.allowed:
+            if early is not None:
+                abandon_stream(early)
+            self.flights.abandon(cache_key, found)
         if admission.budget_remaining_usd is not None:
             ctx.headers["x-liftoff-budget-remaining"] = f"{admission.budget_remaining_usd:.6f}"
-        if not admission.allowed:
-            self.metrics.child(self.metrics.rate_limited, admission.reason).inc()
-            log.info("rate limited", extra={"key": key.name, "reason": admission.reason})
-            self.flights.abandon(cache_key, found)
-            raise RateLimited(admission.reason, admission.retry_after_s, admission.headers)
+        self.take_admission(admission, key.name, ctx)
         if admission.soft_exceeded:
             self.metrics.child(self.metrics.budget_soft, key.name).inc()
             log.warning(
@@ -344,6 +340,18 @@ class Pipeline:
     ) -> None:
         if self.config.server.log_prompts:
             ctx.log["completion"] = endpoint.completion_for_log(response)
+
+    def take_admission(self, admission: Admission, key_name: str, ctx: Ctx) -> None:
+        """The limiter's verdict on a request (any route): its x-ratelimit-* headers for the
+        answer, remembered for this key's answers the limiter never sees; RateLimited when it
+        refuses."""
+        ctx.admitted = True
+        ctx.headers.update(admission.headers)
+        self.view.remember(key_name, admission.headers, admission.budget_remaining_usd)
+        if not admission.allowed:
+            self.metrics.child(self.metrics.rate_limited, admission.reason).inc()
+            log.info("rate limited", extra={"key": key_name, "reason": admission.reason})
+            raise RateLimited(admission.reason, admission.retry_after_s, admission.headers)
 
     def settle(
         self, reservation: Any, usage: TokenUsage, cost: float, saved: float | None = None

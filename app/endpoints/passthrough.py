@@ -32,7 +32,7 @@ from app.accounting import TokenUsage
 from app.auth import ClientKey
 from app.context import Ctx
 from app.endpoints.passthrough_answers import OWN_HEADERS, buffered, filtered_list, read_answer
-from app.errors import NotReady, PayloadTooLarge, RateLimited, StateUnavailable
+from app.errors import NotReady, PayloadTooLarge, StateUnavailable
 from app.limits import Reservation
 from app.object_owners import (
     BATCHES,
@@ -100,12 +100,7 @@ async def admit_request(
         )
     except BackendUnavailable:
         raise StateUnavailable() from None
-    ctx.admitted = True
-    ctx.headers.update(admission.headers)
-    gateway.limit_view.remember(key_name, admission.headers, admission.budget_remaining_usd)
-    if not admission.allowed:
-        gateway.metrics.child(gateway.metrics.rate_limited, admission.reason).inc()
-        raise RateLimited(admission.reason, admission.retry_after_s, admission.headers)
+    gateway.pipeline.take_admission(admission, key_name, ctx)
     return admission.reservation
 
 
