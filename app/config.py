@@ -54,7 +54,8 @@ class ServerConfig(_Section):
         35,
         ge=0,
         le=600,
-        description="after SIGTERM: stay up this long (readiness already false) before draining",
+        description="after SIGTERM: stay up this long (readiness already false, answers close "
+        "their connections) before draining",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     # Connection limits (app/http_protocol.py), far above what a real OpenAI client sends or
