@@ -207,7 +207,7 @@ async def usage_bursts(cluster: Cluster, bursts: int, size: int) -> dict[str, An
 
 async def run(cluster: Cluster, *, short: bool) -> dict[str, Any]:
     rpm = await rpm_bursts(
-        cluster, bursts=5 if short else 36, size=40, every_s=1.5 if short else 2.0
+        cluster, bursts=5 if short else 36, size=40, every_s=1.0 if short else 2.0
     )
     budget = await budget_bursts(cluster, bursts=3, size=16)
     usage = await usage_bursts(cluster, bursts=2 if short else 5, size=40)

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -343,6 +344,12 @@ def cluster(
                 run.wait_balanced(gateway)
         yield run
     finally:
+        # All drain at once (each gateway's shutdown delay in parallel, not one after another).
         for child in reversed(children):
-            child.stop()
+            if child.process.poll() is None:
+                child.process.terminate()
+        for child in reversed(children):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(timeout=15)
+            child.stop()  # a straggler: a second signal ends its drain at once, then a kill
         redis.stop()

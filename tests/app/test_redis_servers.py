@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.fixtures.redis import (
     RedisServer,
@@ -95,7 +97,14 @@ def test_the_wheels_valkey_built_without_tls_is_reached_through_a_tls_front(tmp_
         assert trusted.ping() is True
         assert trusted.info("server")["server_name"] == "valkey"
         trusted.close()
-        untrusted = redis.Redis(host="127.0.0.1", port=front.port, ssl=True, socket_timeout=5)
+        # No retries: each would fail the same way, after redis-py's back-off of seconds.
+        untrusted = redis.Redis(
+            host="127.0.0.1",
+            port=front.port,
+            ssl=True,
+            socket_timeout=5,
+            retry=Retry(NoBackoff(), 0),
+        )
         with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
             untrusted.ping()
         untrusted.close()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from infra.mocking import ProgramRun
 from tests.charts.chart import CHART_DIR, REPO_ROOT, template
 from tests.charts.test_stack_program import _gateway_release_values
 
@@ -46,40 +47,59 @@ def _rendered(values: dict[str, Any] | None) -> str:
 
 
 @pytest.fixture(scope="module")
-def renders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def renders(tmp_path_factory: pytest.TempPathFactory, prod_run: ProgramRun) -> Path:
     """The chart rendered with its default values and with prod's, one file each."""
     folder = tmp_path_factory.mktemp("rendered")
-    prod_values, _ = _gateway_release_values("prod")
+    prod_values, _ = _gateway_release_values("prod", prod_run)
     (folder / "default.yaml").write_text(_rendered(None))
     (folder / "prod.yaml").write_text(_rendered(prod_values))
     return folder
 
 
-def _scan(folder: Path, *args: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [checkov_binary(), "--directory", str(folder), "--output", "json", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+def _scan_command(folder: Path, *args: str) -> list[str]:
+    return [checkov_binary(), "--directory", str(folder), "--output", "json", *args]
+
+
+def _report(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    stdout, stderr = proc.communicate(timeout=300)
     # Exit 1 means failed checks: the report says which.
-    assert proc.returncode in (0, 1), f"checkov failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-    report = json.loads(proc.stdout)
+    assert proc.returncode in (0, 1), f"checkov failed ({proc.returncode}):\n{stderr[-3000:]}"
+    report = json.loads(stdout)
     assert isinstance(report, dict) and report["check_type"] == "kubernetes", report
     return report
 
 
 @pytest.fixture(scope="module")
-def scan(renders: Path) -> dict[str, Any]:
-    """Checkov as `make chart-scan` runs it: with the chart's config and its skips."""
-    return _scan(renders, "--config-file", str(CONFIG))
+def scans(renders: Path) -> dict[str, dict[str, Any]]:
+    """Both scans of the renders, run at once (each is a checkov start of seconds):
+    - "config": checkov as `make chart-scan` runs it, with the chart's config and its skips;
+    - "without_skips": the same checks, the config's skips left out (resource annotations
+      still apply)."""
+    commands = {
+        "config": _scan_command(renders, "--config-file", str(CONFIG)),
+        "without_skips": _scan_command(renders, "--framework", "kubernetes", "--skip-download"),
+    }
+    running = {
+        name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, command in commands.items()
+    }
+    try:
+        return {name: _report(proc) for name, proc in running.items()}
+    finally:
+        for proc in running.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="module")
-def scan_without_skips(renders: Path) -> dict[str, Any]:
-    """The same checks, the config's skips left out (resource annotations still apply)."""
-    return _scan(renders, "--framework", "kubernetes", "--skip-download")
+def scan(scans: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return scans["config"]
+
+
+@pytest.fixture(scope="module")
+def scan_without_skips(scans: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return scans["without_skips"]
 
 
 def _failed(report: dict[str, Any]) -> list[dict[str, Any]]:

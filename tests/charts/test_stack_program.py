@@ -9,15 +9,14 @@ from typing import Any
 
 import pytest
 
-from infra.mocking import run_program
+from infra.mocking import ProgramRun
 from tests.charts.chart import CHART_DIR, Manifests, render
 from tests.charts.validation import validate_all
 
 STACKS = ("dev", "staging", "prod")
 
 
-def _gateway_release_values(stack: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    run = run_program(stack)
+def _gateway_release_values(stack: str, run: ProgramRun) -> tuple[dict[str, Any], dict[str, Any]]:
     releases = [
         r
         for r in run.resources
@@ -32,7 +31,8 @@ def _gateway_release_values(stack: str) -> tuple[dict[str, Any], dict[str, Any]]
 
 @pytest.fixture(scope="module", params=STACKS)
 def program(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any], dict, Manifests]:
-    values, outputs = _gateway_release_values(request.param)
+    run = request.getfixturevalue(f"{request.param}_run")  # tests/fixtures/stacks.py
+    values, outputs = _gateway_release_values(request.param, run)
     return request.param, values, outputs, render(values)
 
 

@@ -139,8 +139,8 @@ def _pushed(run: ProgramRun) -> tuple[str, list[str]]:
     return tag.rsplit(":", 1)[1], build.inputs["platforms"]
 
 
-def test_switching_nodes_to_graviton_pushes_a_new_tag() -> None:
-    x86_tag, x86_platforms = _pushed(run_program("dev"))
+def test_switching_nodes_to_graviton_pushes_a_new_tag(dev_run: ProgramRun) -> None:
+    x86_tag, x86_platforms = _pushed(dev_run)
     arm_tag, arm_platforms = _pushed(
         run_program("dev", {"liftoff:nodeInstanceTypes": '["m7g.large"]'})
     )

@@ -11,7 +11,13 @@ import pulumi
 import pytest
 
 from infra import readiness, stack
-from infra.mocking import LiftoffMocks, RecordingMonitor, flat_config, mocked_runtime, run_program
+from infra.mocking import (
+    LiftoffMocks,
+    ProgramRun,
+    RecordingMonitor,
+    flat_config,
+    mocked_runtime,
+)
 from infra.plan import main as plan_main
 from infra.settings import SettingsError, load_stack_file
 
@@ -92,8 +98,10 @@ def test_every_message_names_the_key_and_the_exact_command() -> None:
         assert blocker.message.endswith(f"set it with: {blocker.command}")
 
 
-def test_offline_they_are_warnings_and_the_plan_stays_policy_clean(capsys) -> None:
-    run = run_program("prod")
+def test_offline_they_are_warnings_and_the_plan_stays_policy_clean(
+    capsys, prod_run: ProgramRun
+) -> None:
+    run = prod_run
     messages = [b.message for b in readiness.blockers(load_stack_file("prod"), "prod")]
     for message in messages:
         assert f"before a real deployment: {message}" in run.warnings
