@@ -29,7 +29,7 @@ from app.limits import (
 )
 from app.providers.base import parse_duration
 from app.redis_backend import BackendHealth, create_redis
-from tests.fixtures.redis import free_port
+from tests.fixtures.redis import SLOW_MACHINE_TIMEOUT_S, free_port
 
 START_US = 1_790_000_000 * 1_000_000
 
@@ -46,7 +46,7 @@ class MicroClock:
 
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    redis = create_redis(redis_url)
+    redis = create_redis(redis_url, socket_timeout_s=SLOW_MACHINE_TIMEOUT_S)
     yield redis
     await redis.aclose()
 

@@ -24,6 +24,7 @@ from app.limits import (
     format_duration,
 )
 from app.redis_backend import BackendHealth, BackendUnavailable, create_redis
+from tests.fixtures.redis import SLOW_MACHINE_TIMEOUT_S
 
 # The whole limit at once (then one a minute): for tests that count one burst exactly.
 WHOLE_LIMIT = BurstFractions(1.0, 1.0)
@@ -41,7 +42,7 @@ class Clock:
 
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    redis = create_redis(redis_url)
+    redis = create_redis(redis_url, socket_timeout_s=SLOW_MACHINE_TIMEOUT_S)
     yield redis
     await redis.aclose()
 
@@ -52,7 +53,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
     if request.param == "memory":
         yield MemoryLimitStore(clock=Clock())
         return
-    redis = create_redis(request.getfixturevalue("redis_url"))
+    redis = create_redis(
+        request.getfixturevalue("redis_url"), socket_timeout_s=SLOW_MACHINE_TIMEOUT_S
+    )
     yield RedisLimitStore(redis, clock=Clock())
     await redis.aclose()
 
