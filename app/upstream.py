@@ -111,15 +111,23 @@ class CallStats:
     trace_headers: dict[str, str] | None = None
 
 
+_UNPARSED: Any = object()
+
+
 @dataclass(slots=True)
 class Reply:
     status: int
     body: bytes
     headers: Mapping[str, str]
     model: str
+    _parsed: Any = field(default=_UNPARSED, init=False, repr=False, compare=False)
 
     def json(self) -> dict[str, Any]:
-        return orjson.loads(self.body)
+        """The body parsed, once (a batch's answer is read by its trace and by the batcher, and
+        may be megabytes of vectors); callers read it, never change it."""
+        if self._parsed is _UNPARSED:
+            self._parsed = orjson.loads(self.body)
+        return self._parsed
 
 
 @dataclass(slots=True)
