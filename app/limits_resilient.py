@@ -105,8 +105,7 @@ class ResilientLimitStore:
             if self.mode == "closed":
                 raise
         else:
-            if self._pending:
-                self._start_replay()
+            self._replay_if_pending()
             return admission
         self.degraded_decisions_total += 1
         if self.mode == "local":
@@ -166,21 +165,21 @@ class ResilientLimitStore:
     async def usage(self, key_id: str | None, month: str) -> dict:
         """Usage from Redis; raises BackendUnavailable while it is down (no partial answers)."""
         usage = await self.health.call(lambda: self.primary.usage(key_id, month))
-        if self._pending:
-            self._start_replay()
+        self._replay_if_pending()
         return usage
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         """At shutdown: give the settlements still waiting for Redis `timeout_s` to get there;
         those that do not are logged as lost."""
-        if self._pending:
-            self._start_replay()
+        self._replay_if_pending()
+        replay = self._replay
+        if replay is not None and not replay.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._replay), timeout_s)
-        if self._replay is not None and not self._replay.done():
-            self._replay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replay
+                await asyncio.wait_for(asyncio.shield(replay), timeout_s)
+            if not replay.done():
+                replay.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await replay
         if self._pending:
             self.lost_settlements_total += len(self._pending)
             logger.warning(
@@ -205,13 +204,11 @@ class ResilientLimitStore:
                         self.lost_settlements_total,
                     )
             self._pending.append(operation)
-            self._start_replay()
-        else:
-            if self._pending:
-                self._start_replay()
+        self._replay_if_pending()
 
-    def _start_replay(self) -> None:
-        if self._replay is None or self._replay.done():
+    def _replay_if_pending(self) -> None:
+        """Start sending the waiting settlements, unless none wait or that already runs."""
+        if self._pending and (self._replay is None or self._replay.done()):
             self._replay = asyncio.create_task(self._replay_pending())
 
     async def _replay_pending(self) -> None:
