@@ -134,11 +134,11 @@ def _resent(attributes: dict[str, Any], sent: int) -> dict[str, Any]:
     return attributes if not sent else {**attributes, "http.request.resend_count": sent}
 
 
-def _failed(attempt: _Attempt, exc: BaseException) -> None:
-    """Mark a failed attempt's span and metric with the failure (error.type, the status)."""
+def _failed(span: trace.Span, metric: dict[str, Any], exc: BaseException) -> None:
+    """Mark a failed attempt's span and its metric's attributes with the failure (error.type,
+    the status)."""
     error_type, status = _failure(exc)
-    attempt.attributes["error.type"] = error_type
-    span = attempt.span
+    metric["error.type"] = error_type
     if span.is_recording():
         failed: dict[str, Any] = {"error.type": error_type}
         if status is not None:
@@ -293,7 +293,7 @@ class RequestTrace:
             try:
                 result = await once()
             except BaseException as exc:
-                _failed(current, exc)
+                _failed(span, current.attributes, exc)
                 self._end_attempt(current, None)
                 raise
             self.answered_by = provider
@@ -387,7 +387,7 @@ class BatchTrace:
             try:
                 result = await once()
             except BaseException as exc:
-                _failed(current, exc)
+                _failed(span, current.attributes, exc)
                 self._end(current)
                 raise
             span.set_attribute("http.response.status_code", result.status)
@@ -449,7 +449,7 @@ class RouteTrace:
             try:
                 result = await once()
             except BaseException as exc:
-                _failed(_Attempt(span, 0, {}), exc)
+                _failed(span, {}, exc)
                 span.end()
                 raise
             span.set_attribute("http.response.status_code", result.status)
